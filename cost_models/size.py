@@ -18,10 +18,10 @@ import math
 from collections.abc import Sequence
 
 from hawq_search.graph.layers import LayerInfo
+from hawq_search.quant.bits import UNQUANTIZED_BITS
 
 SCALE_BYTES = 4
 BIAS_BYTES = 4
-UNQUANTIZED_BITS = (16, 32)
 
 __all__ = [
     "SCALE_BYTES",
