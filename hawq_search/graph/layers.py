@@ -49,6 +49,13 @@ class LayerInfo:
     @classmethod
     def from_dict(cls, d: dict) -> LayerInfo:
         fields = dict(d)
-        for key in ("kernel_size", "stride", "padding", "input_shape", "output_shape", "weight_shape"):
+        for key in (
+            "kernel_size",
+            "stride",
+            "padding",
+            "input_shape",
+            "output_shape",
+            "weight_shape",
+        ):
             fields[key] = tuple(fields[key])
         return cls(**fields)
