@@ -1,0 +1,257 @@
+"""Bit-width plans: the versioned ``plan.json`` and :func:`apply_plan`.
+
+A plan names, for every quantizable layer, the bit-width of each output channel's weights and of
+the layer's input activation (with its calibrated clip), plus the costs the plan claims. Costs
+are recomputed from the bits by :meth:`Plan.recompute_totals`, never trusted from a solver.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from cost_models.size import layer_bops, layer_weight_bytes
+from hawq_search.exceptions import PlanMismatchError, PlanVersionError, UserInputError
+from hawq_search.graph.layers import LayerInfo
+from hawq_search.quant.bits import ALLOWED_BITS, is_quantized
+
+SCHEMA_VERSION = 1
+SIZE_DEFINITION = (
+    "bytes = per layer ceil(sum_c params_c * w_bits_c / 8) + 4 B fp32 scale per quantized "
+    "output channel + 4 B fp32 bias (or folded BatchNorm shift) per output channel; "
+    "16/32-bit channels are stored as fp16/fp32 without scale; 1 MB = 10**6 bytes"
+)
+
+__all__ = ["SCHEMA_VERSION", "SIZE_DEFINITION", "LayerPlan", "Plan", "apply_plan"]
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    type: str
+    weight_shape: tuple[int, ...]
+    w_bits: list[int]
+    a_bits: int
+    act_group: str
+    act_clip: float
+    act_signed: bool
+    bytes: int = 0
+    bops: int = 0
+    predicted_loss_increase: float = 0.0
+    info: LayerInfo | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "weight_shape": list(self.weight_shape),
+            "w_bits": list(self.w_bits),
+            "a_bits": self.a_bits,
+            "act_group": self.act_group,
+            "act_clip": self.act_clip,
+            "act_signed": self.act_signed,
+            "bytes": self.bytes,
+            "bops": self.bops,
+            "predicted_loss_increase": self.predicted_loss_increase,
+            "layer": self.info.to_dict() if self.info else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerPlan:
+        info = LayerInfo.from_dict(d["layer"]) if d.get("layer") else None
+        return cls(
+            name=d["name"],
+            type=d["type"],
+            weight_shape=tuple(d["weight_shape"]),
+            w_bits=[int(b) for b in d["w_bits"]],
+            a_bits=int(d["a_bits"]),
+            act_group=d["act_group"],
+            act_clip=float(d["act_clip"]),
+            act_signed=bool(d["act_signed"]),
+            bytes=int(d.get("bytes", 0)),
+            bops=int(d.get("bops", 0)),
+            predicted_loss_increase=float(d.get("predicted_loss_increase", 0.0)),
+            info=info,
+        )
+
+
+@dataclass
+class Plan:
+    model: dict  # id, input_shape, num_classes, preprocess
+    layers: list[LayerPlan]
+    budgets: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    totals: dict = field(default_factory=dict)
+
+    def recompute_totals(self) -> dict:
+        """Bytes, BOPs and bit statistics recomputed from the bits alone (independent of the solver)."""
+        total_bytes = total_bops = 0
+        weight_bits = params = 0
+        for lp in self.layers:
+            if lp.info is None:
+                raise UserInputError(f"plan layer {lp.name} lacks its layer description")
+            lp.bytes = layer_weight_bytes(lp.info, lp.w_bits)
+            lp.bops = layer_bops(lp.info, lp.w_bits, lp.a_bits)
+            total_bytes += lp.bytes
+            total_bops += lp.bops
+            ppc = lp.info.params_per_channel
+            weight_bits += sum(ppc * b for b in lp.w_bits)
+            params += lp.info.params
+        self.totals = {
+            "bytes": total_bytes,
+            "mb": total_bytes / 1e6,
+            "bops": total_bops,
+            "params": params,
+            "avg_weight_bits": weight_bits / params,
+            "predicted_loss_increase": float(sum(lp.predicted_loss_increase for lp in self.layers)),
+        }
+        return self.totals
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "budgets": self.budgets,
+            "totals": self.totals,
+            "provenance": self.provenance,
+            "layers": [lp.to_dict() for lp in self.layers],
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically, so an interrupted run never leaves half a plan."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PlanVersionError(
+                f"plan schema_version {version!r} is not supported (this hawq-search reads "
+                f"{SCHEMA_VERSION}): regenerate the plan with this version"
+            )
+        try:
+            layers = [LayerPlan.from_dict(x) for x in d["layers"]]
+            plan = cls(
+                d["model"],
+                layers,
+                d.get("budgets", {}),
+                d.get("provenance", {}),
+                d.get("totals", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserInputError(
+                f"plan is malformed ({type(exc).__name__}: {exc}): regenerate it"
+            ) from None
+        for lp in layers:
+            bad = sorted({b for b in lp.w_bits + [lp.a_bits] if b not in ALLOWED_BITS})
+            if bad:
+                raise UserInputError(
+                    f"plan layer {lp.name} has unsupported bits {bad}: use 2..8, 16 or 32"
+                )
+        return plan
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserInputError(f"plan file {path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise UserInputError(
+                f"plan file {path} is not valid JSON (line {exc.lineno}): regenerate it"
+            ) from None
+        return cls.from_dict(d)
+
+    @property
+    def act_quantized(self) -> bool:
+        return any(is_quantized(lp.a_bits) for lp in self.layers)
+
+
+def _check_fit(model: nn.Module, plan: Plan) -> dict[str, nn.Module]:
+    from hawq_search.graph.trace import QUANTIZABLE
+
+    modules = dict(model.named_modules())
+    quantizable = {n for n, m in modules.items() if isinstance(m, QUANTIZABLE)}
+    problems = []
+    for lp in plan.layers:
+        m = modules.get(lp.name)
+        if m is None:
+            problems.append(f"{lp.name}: no such layer")
+        elif not isinstance(m, QUANTIZABLE):
+            problems.append(f"{lp.name}: is {type(m).__name__}, not Conv2d/Linear")
+        elif tuple(m.weight.shape) != tuple(lp.weight_shape):
+            problems.append(
+                f"{lp.name}: weight {tuple(m.weight.shape)} vs plan {tuple(lp.weight_shape)}"
+            )
+        elif len(lp.w_bits) != m.weight.shape[0]:
+            problems.append(
+                f"{lp.name}: {len(lp.w_bits)} channel bit-widths for {m.weight.shape[0]} channels"
+            )
+    missing = sorted(quantizable - {lp.name for lp in plan.layers})
+    problems += [f"{name}: not in the plan" for name in missing]
+    if problems:
+        shown = "; ".join(problems[:6]) + (
+            f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        )
+        raise PlanMismatchError(
+            f"plan does not match the model ({len(problems)} mismatches: {shown})"
+        )
+    return modules
+
+
+def apply_plan(model: nn.Module, plan: Plan, *, inplace: bool = False) -> nn.Module:
+    """Return ``model`` with every planned layer replaced by its fake-quant version.
+
+    The result trains like any module (straight-through rounding), so it drops into the user's
+    own training loop; parameter names are unchanged. Raises :class:`PlanMismatchError` listing
+    every layer whose name or shape differs from the plan.
+    """
+    import torch
+
+    from hawq_search.quant.modules import ActQuantizer, QuantConv2d, QuantLinear
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    modules = _check_fit(model, plan)
+    act_quant: dict[str, ActQuantizer] = {}
+    for lp in plan.layers:
+        if lp.act_group not in act_quant and is_quantized(lp.a_bits):
+            act_quant[lp.act_group] = ActQuantizer(lp.a_bits, lp.act_clip, lp.act_signed)
+        act = act_quant.get(lp.act_group) if is_quantized(lp.a_bits) else None
+        m = modules[lp.name]
+        bits = torch.tensor(lp.w_bits, dtype=torch.int64)
+        q = (QuantConv2d if isinstance(m, nn.Conv2d) else QuantLinear).from_float(m, bits, act)
+        parent_name, _, child = lp.name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, q)
+    return model
+
+
+def layer_summary(plan: Plan) -> list[dict]:
+    """Per-layer rows for reports: mean/min/max weight bits, activation bits, bytes."""
+    rows = []
+    for lp in plan.layers:
+        bits = np.array(lp.w_bits)
+        rows.append(
+            {
+                "name": lp.name,
+                "channels": len(bits),
+                "w_mean": float(bits.mean()),
+                "w_min": int(bits.min()),
+                "w_max": int(bits.max()),
+                "a_bits": lp.a_bits,
+                "bytes": lp.bytes,
+                "pred": lp.predicted_loss_increase,
+            }
+        )
+    return rows

@@ -1,0 +1,261 @@
+"""Exact search: the problem as a mixed-integer linear program solved by HiGHS (scipy.optimize.milp).
+
+Formulation (one-hot, a multiple-choice knapsack with side constraints):
+
+* ``x[g, i]`` in {0, 1}: weight group ``g`` takes weight option ``i``; ``sum_i x[g, i] = 1``.
+* ``y[a, j]`` in {0, 1}: activation group ``a`` takes activation option ``j``; ``sum_j y[a, j] = 1``.
+* Costs that depend on both the weight bits of a layer's channels and the bits of its input
+  activation (BOPs, latency) are linearised exactly with continuous ``u[l, i, j] >= 0``:
+  ``sum_j u[l, i, j] = n[l, i]`` (channels of layer ``l`` at option ``i``) and
+  ``u[l, i, j] <= C_l * y[a(l), j]``. Since exactly one ``y[a(l), j]`` is 1, ``u[l, i, j]`` equals
+  ``n[l, i]`` for that ``j`` and 0 otherwise.
+* Per-group overheads use indicators ``z[l, i] >= x[g, i]`` for every group ``g`` of ``l``.
+
+The objective (predicted loss increase, values around 1e-9..1e-3) is scaled so that its total
+range is about 1e3: HiGHS's absolute tolerances otherwise make it stop at once at a poor point.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+from searches.problem import SearchProblem
+from searches.result import SearchResult, SearchStatus
+
+__all__ = ["IlpSearch", "resource_range"]
+
+_OBJECTIVE_RANGE = 1e3
+
+
+class _Builder:
+    """Variable layout and sparse rows of the MILP."""
+
+    def __init__(self, problem: SearchProblem) -> None:
+        p = problem
+        self.p = p
+        nw, na = len(p.w_bits), len(p.a_bits)
+        self.nw, self.na = nw, na
+        self.x0 = 0
+        self.y0 = len(p.weight_groups) * nw
+        n = self.y0 + len(p.act_groups) * na
+        # Layers whose pair costs need the (weight option, activation option) linearisation.
+        pair_layers = sorted({name for r in p.resources for name in r.pair}, key=self._order)
+        self.u0: dict[str, int] = {}
+        if na > 1:
+            for name in pair_layers:
+                self.u0[name] = n
+                n += nw * na
+        ovh_layers = sorted({name for r in p.resources for name in r.overhead}, key=self._order)
+        self.z0: dict[str, int] = {}
+        for name in ovh_layers:
+            self.z0[name] = n
+            n += nw
+        self.n = n
+        self.groups_by_layer: dict[str, list[int]] = {}
+        for k, g in enumerate(p.weight_groups):
+            self.groups_by_layer.setdefault(g.layer, []).append(k)
+        self.rows: list[tuple[list[int], list[float], float, float]] = []
+
+    def _order(self, name: str) -> int:
+        return self.p.layer_by_name[name].index
+
+    def xi(self, g: int, i: int) -> int:
+        return self.x0 + g * self.nw + i
+
+    def yi(self, a: int, j: int) -> int:
+        return self.y0 + a * self.na + j
+
+    def add(self, cols, vals, lo, hi) -> None:
+        self.rows.append((list(cols), list(vals), lo, hi))
+
+    def structural_rows(self) -> None:
+        p = self.p
+        for g in range(len(p.weight_groups)):
+            self.add([self.xi(g, i) for i in range(self.nw)], [1.0] * self.nw, 1.0, 1.0)
+        for a in range(len(p.act_groups)):
+            self.add([self.yi(a, j) for j in range(self.na)], [1.0] * self.na, 1.0, 1.0)
+        for name, u0 in self.u0.items():
+            layer = p.layer_by_name[name]
+            a = p.act_index[layer.act_group]
+            groups = self.groups_by_layer[name]
+            total = float(sum(p.weight_groups[k].count for k in groups))
+            for i in range(self.nw):
+                cols = [u0 + i * self.na + j for j in range(self.na)]
+                cols += [self.xi(k, i) for k in groups]
+                vals = [1.0] * self.na + [-float(p.weight_groups[k].count) for k in groups]
+                self.add(cols, vals, 0.0, 0.0)
+                for j in range(self.na):
+                    self.add([u0 + i * self.na + j, self.yi(a, j)], [1.0, -total], -np.inf, 0.0)
+        for name, z0 in self.z0.items():
+            for k in self.groups_by_layer[name]:
+                for i in range(self.nw):
+                    self.add([self.xi(k, i), z0 + i], [1.0, -1.0], -np.inf, 0.0)
+
+    def resource_coefficients(self, r) -> np.ndarray:
+        p = self.p
+        c = np.zeros(self.n)
+        if r.weight is not None:
+            c[self.x0 : self.y0] += np.asarray(r.weight, dtype=float).reshape(-1)
+        if r.act is not None:
+            c[self.y0 : self.y0 + len(p.act_groups) * self.na] += np.asarray(r.act, float).reshape(
+                -1
+            )
+        for name, per_channel in r.pair.items():
+            if name in self.u0:
+                c[self.u0[name] : self.u0[name] + self.nw * self.na] += per_channel.reshape(-1)
+            else:  # a single activation option: the cost is linear in x
+                for k in self.groups_by_layer[name]:
+                    for i in range(self.nw):
+                        c[self.xi(k, i)] += per_channel[i, 0] * p.weight_groups[k].count
+        for name, ovh in r.overhead.items():
+            c[self.z0[name] : self.z0[name] + self.nw] += ovh
+        return c
+
+    def objective(self) -> tuple[np.ndarray, float]:
+        p = self.p
+        c = np.zeros(self.n)
+        wl = np.array([g.loss for g in p.weight_groups], dtype=float)
+        c[self.x0 : self.y0] = wl.reshape(-1)
+        c[self.y0 : self.y0 + len(p.act_groups) * self.na] = np.asarray(p.act_loss, float).reshape(
+            -1
+        )
+        spread = float(np.sum(wl.max(1) - wl.min(1)))
+        if len(p.act_groups):
+            al = np.asarray(p.act_loss, float)
+            spread += float(np.sum(al.max(1) - al.min(1)))
+        scale = _OBJECTIVE_RANGE / spread if spread > 0 else 1.0
+        return c, scale
+
+    def bounds_and_integrality(self) -> tuple[Bounds, np.ndarray]:
+        p = self.p
+        lo, hi = np.zeros(self.n), np.ones(self.n)
+        hi[self.x0 : self.y0] = p.w_allowed.reshape(-1).astype(float)
+        hi[self.y0 : self.y0 + len(p.act_groups) * self.na] = p.a_allowed.reshape(-1).astype(float)
+        integrality = np.ones(self.n)
+        for name, u0 in self.u0.items():
+            total = sum(p.weight_groups[k].count for k in self.groups_by_layer[name])
+            hi[u0 : u0 + self.nw * self.na] = total
+            integrality[u0 : u0 + self.nw * self.na] = 0
+        return Bounds(lo, hi), integrality
+
+    def constraint(self, extra: list[tuple[np.ndarray, float]]) -> LinearConstraint:
+        r_idx, c_idx, vals, lo, hi = [], [], [], [], []
+        for row, (cols, v, low, high) in enumerate(self.rows):
+            r_idx += [row] * len(cols)
+            c_idx += cols
+            vals += v
+            lo.append(low)
+            hi.append(high)
+        base = len(self.rows)
+        for k, (coef, limit) in enumerate(extra):
+            nz = np.nonzero(coef)[0]
+            norm = max(abs(limit), 1e-12)
+            r_idx += [base + k] * len(nz)
+            c_idx += nz.tolist()
+            vals += (coef[nz] / norm).tolist()
+            lo.append(-np.inf)
+            hi.append(limit / norm)
+        a = coo_matrix((vals, (r_idx, c_idx)), shape=(base + len(extra), self.n)).tocsr()
+        return LinearConstraint(a, np.array(lo), np.array(hi))
+
+    def decode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.p
+        w = x[self.x0 : self.y0].reshape(len(p.weight_groups), self.nw).argmax(1)
+        a = x[self.y0 : self.y0 + len(p.act_groups) * self.na].reshape(len(p.act_groups), self.na)
+        return w, (a.argmax(1) if len(p.act_groups) else np.zeros(0, dtype=int))
+
+
+def resource_range(problem: SearchProblem, name: str) -> tuple[float, float]:
+    """Smallest and largest value resource ``name`` can take over all plans (budgets ignored)."""
+    b = _Builder(problem)
+    b.structural_rows()
+    r = problem.resource(name)
+    c = b.resource_coefficients(r)
+    bounds, integrality = b.bounds_and_integrality()
+    cons = b.constraint([])
+    out = []
+    for sign in (1.0, -1.0):
+        res = milp(sign * c, integrality=integrality, bounds=bounds, constraints=cons)
+        if res.x is None:
+            out.append(float("nan"))
+            continue
+        w, a = b.decode(res.x)
+        out.append(problem.evaluate(w, a)[1][name])
+    return out[0], out[1]
+
+
+class IlpSearch:
+    """Exact MILP search with HiGHS.
+
+    Args:
+        time_limit: seconds before HiGHS returns its best plan so far (status FEASIBLE).
+        mip_rel_gap: relative optimality gap at which the plan counts as optimal.
+    """
+
+    name = "ilp-highs"
+
+    def __init__(self, *, time_limit: float = 60.0, mip_rel_gap: float = 1e-4) -> None:
+        self.time_limit = time_limit
+        self.mip_rel_gap = mip_rel_gap
+
+    def solve(self, problem: SearchProblem) -> SearchResult:
+        t0 = time.perf_counter()
+        b = _Builder(problem)
+        b.structural_rows()
+        c, scale = b.objective()
+        extra = []
+        for r in problem.resources:
+            if r.budget is None:
+                continue
+            extra.append((b.resource_coefficients(r), r.budget - r.constant - r.slack))
+        bounds, integrality = b.bounds_and_integrality()
+        cons = b.constraint(extra)
+        build_s = time.perf_counter() - t0
+        res = milp(
+            c * scale,
+            integrality=integrality,
+            bounds=bounds,
+            constraints=cons,
+            options={"time_limit": self.time_limit, "mip_rel_gap": self.mip_rel_gap, "disp": False},
+        )
+        solve_s = time.perf_counter() - t0 - build_s
+        stats = {
+            "solver": "scipy.optimize.milp (HiGHS)",
+            "build_time_s": build_s,
+            "solve_time_s": solve_s,
+            "mip_gap": float(getattr(res, "mip_gap", np.nan) or 0.0),
+            "n_vars": b.n,
+            "n_binary": int(integrality.sum()),
+            "n_constraints": len(b.rows) + len(extra),
+            "objective_scale": scale,
+            "highs_status": int(res.status),
+            "highs_message": str(res.message),
+        }
+        if res.status == 2:
+            return SearchResult(SearchStatus.INFEASIBLE, _infeasible_message(problem), stats=stats)
+        if res.x is None:
+            return SearchResult(SearchStatus.ERROR, f"HiGHS: {res.message}", stats=stats)
+        w, a = b.decode(res.x)
+        obj, costs = problem.evaluate(w, a)
+        status = SearchStatus.OPTIMAL if res.status == 0 else SearchStatus.FEASIBLE
+        return SearchResult(status, str(res.message), w, a, obj, costs, stats)
+
+
+def _infeasible_message(problem: SearchProblem) -> str:
+    """Name the budgets that cannot be met even alone, with the smallest reachable value."""
+    parts = []
+    for r in problem.resources:
+        if r.budget is None:
+            continue
+        low, _ = resource_range(problem, r.name)
+        if low > r.budget - r.slack:
+            parts.append(
+                f"{r.name} budget {r.budget:.6g} {r.unit} is below the smallest reachable {low:.6g} {r.unit}"
+            )
+    if not parts:
+        parts.append("the budgets can each be met alone but not together: relax one of them")
+    return "; ".join(parts)
