@@ -1,26 +1,37 @@
-"""Empirical-Fisher sensitivities from per-sample gradients, in one forward/backward per batch.
+"""Fisher sensitivities from per-sample gradients, one forward and one or two backwards per batch.
 
 For every quantizable layer the per-sample weight gradient ``G_n`` (shape ``C_out x fan_in``) is
 rebuilt from the layer input and output gradient that one ordinary backward pass provides
-(``G_n = dy_n · unfold(x_n)^T``), instead of running ``C_out`` backward passes or a vmap over
-samples. Parameters do not require grad, so autograd never forms the batch weight gradient.
+(``G_n = dy_n · x_n`` summed over kernel taps), instead of running a vmap over samples.
+Parameters do not require grad, so autograd never forms the batch weight gradient.
 
-Two second-order estimates of the loss increase caused by a weight perturbation
-``Δ = Q_b(W) - W`` are produced for every output channel ``c`` and bit option ``b``:
+Estimates of the loss increase caused by a weight perturbation ``Δ = Q_b(W) - W``, for every
+output channel ``c`` and bit option ``b``:
 
-* ``fisher-diag``: ``0.5 * Σ_i F_ii Δ_i²`` with ``F_ii = mean_n G_n,i²`` (diagonal empirical Fisher);
-* ``fisher`` (default): ``0.5 * mean_n (G_n,c · Δ_c)²`` -- the empirical Fisher restricted to the
-  block of channel ``c``, off-diagonal terms included. Quantization errors within a channel are
-  correlated through the shared scale, which the diagonal ignores; keeping the block raises the
-  rank agreement with measured loss increases (see benchmarks/).
+* diagonal: ``0.5 * Σ_i F_ii Δ_i²`` with ``F_ii = mean_n G_n,i²`` (diagonal Fisher);
+* block: ``0.5 * mean_n (G_n,c · Δ_c)²`` -- the Fisher restricted to the block of
+  channel ``c``, off-diagonal terms included. Quantization errors within a channel are correlated
+  through the shared scale, which the diagonal ignores.
+
+Methods: ``fisher-diag`` (diagonal, true labels -- the textbook empirical-Fisher formula),
+``empirical-fisher`` (block, true labels), ``sampled-fisher`` (block, sampled labels) and the
+default ``fisher``, which takes each layer's total from ``sampled-fisher`` and spreads it over the
+layer's channels in proportion to ``fisher-diag`` (two backward passes per batch).
+
+True labels give the *empirical* Fisher; sampled labels draw each sample's label from the model's own softmax, a Monte-Carlo estimate of the true Fisher, which
+equals the Gauss-Newton approximation of the Hessian for cross-entropy. A well-trained model
+fits its training labels, so empirical-Fisher gradients are dominated by the few misfit samples;
+the sampled-label Fisher does not have that bias (Kunstner et al., NeurIPS 2019) and ranks
+measured loss increases markedly better (benchmarks/results/sensitivity_fidelity.md).
 
 Activation sensitivities use the same estimator on the gradient w.r.t. each quantizer's output,
-``0.5 * mean_n (g_n · (Q_b(x_n) - x_n))²`` (``fisher``) or its diagonal.
+``0.5 * mean_n (g_n · (Q_b(x_n) - x_n))²`` (block) or its diagonal.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,7 +45,7 @@ from hawq_search.quant.activation import quantize_activation
 from hawq_search.quant.weight import is_quantized, mse_weight_scales, quantize_per_channel
 from hawq_search.sensitivity.table import SensitivityTable
 
-__all__ = ["fisher_sensitivity", "per_sample_grads", "weight_deltas"]
+__all__ = ["METHODS", "fisher_sensitivity", "per_sample_grads", "weight_deltas"]
 
 
 def weight_deltas(weight: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
@@ -117,6 +128,46 @@ class _Recorder:
             h.remove()
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """One backward pass per batch: which labels, and which statistics it feeds."""
+
+    labels: str  # "true" or "sampled"
+    weight: tuple[str, ...]  # subset of ("block", "diag", "block_total")
+    act: str | None  # "block", "diag" or None
+
+
+# method -> backward passes per batch. "fisher" takes each layer's total from the sampled-label
+# block Fisher (best agreement with measured layer loss increases) and distributes it over
+# channels in proportion to the true-label diagonal Fisher estimate (the least noisy per-channel
+# signal; see benchmarks/results for both comparisons).
+METHODS: dict[str, tuple[_Pass, ...]] = {
+    "fisher": (_Pass("true", ("diag",), None), _Pass("sampled", ("block_total",), "block")),
+    "empirical-fisher": (_Pass("true", ("block",), "block"),),
+    "fisher-diag": (_Pass("true", ("diag",), "diag"),),
+    "sampled-fisher": (_Pass("sampled", ("block",), "block"),),
+}
+
+
+class _Sums:
+    """Running sums over samples of every statistic the passes feed."""
+
+    def __init__(self, deltas: dict[str, torch.Tensor], groups, n_abits: int, passes) -> None:
+        kinds = {k for p in passes for k in p.weight}
+        self.block = (
+            {n: torch.zeros(d.shape[:2]) for n, d in deltas.items()} if "block" in kinds else {}
+        )
+        self.diag = (
+            {n: torch.zeros(d.shape[1:]) for n, d in deltas.items()} if "diag" in kinds else {}
+        )
+        self.block_total = (
+            {n: torch.zeros(d.shape[0]) for n, d in deltas.items()}
+            if "block_total" in kinds
+            else {}
+        )
+        self.act = {g: torch.zeros(n_abits) for g in groups}
+
+
 def fisher_sensitivity(
     model: nn.Module,
     graph: ModelGraph,
@@ -126,33 +177,28 @@ def fisher_sensitivity(
     act_clips: dict[str, dict[int, float]],
     act_signed: dict[str, bool],
     *,
-    mode: str = "block",
+    method: str = "fisher",
     batch_size: int = 128,
     fast: bool = True,
-    labels: str = "sampled",
-    draws: int = 1,
     seed: int = 0,
     progress=None,
 ) -> SensitivityTable:
-    """Empirical-Fisher sensitivity table on ``data`` (true labels).
+    """Fisher sensitivity table of ``model`` on ``data`` (see the module docstring for methods).
 
     ``fast`` runs the forward/backward pass under bfloat16 autocast and forms per-sample
     gradients in bfloat16 (accumulation stays in float32): about twice as fast on CPU, with
     rank agreement to the float32 table above 0.99 (tests/test_sensitivity.py).
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    passes = METHODS[method]
     dtype = torch.bfloat16 if fast else torch.float32
-    if mode not in ("block", "diag"):
-        raise ValueError(f"mode must be 'block' or 'diag', got {mode!r}")
     t0 = time.perf_counter()
     modules = dict(model.named_modules())
     deltas = {
         layer.name: weight_deltas(modules[layer.name].weight, w_bits) for layer in graph.layers
     }
-    w_acc = {name: torch.zeros(d.shape[0], d.shape[1]) for name, d in deltas.items()}
-    a_acc = {group: torch.zeros(len(a_bits)) for group in graph.act_groups}
-    fisher_diag = (
-        {name: torch.zeros(d.shape[1:]) for name, d in deltas.items()} if mode == "diag" else None
-    )
+    sums = _Sums(deltas, graph.act_groups, len(a_bits), passes)
 
     params = list(model.parameters())
     req = [p.requires_grad for p in params]
@@ -163,7 +209,6 @@ def fisher_sensitivity(
     rec = _Recorder(model, graph)
     n_total = 0
     gen = torch.Generator().manual_seed(seed)
-    draws = draws if labels == "sampled" else 1
     try:
         for x, y in data.batches(batch_size):
             x = x.clone().requires_grad_(True)
@@ -172,25 +217,16 @@ def fisher_sensitivity(
                 logits = model(x)
             outs = [rec.outputs[layer.name] for layer in graph.layers]
             aliases = [rec.aliases[layer.name] for layer in graph.layers]
-            probs = logits.detach().float().softmax(1)
-            for draw in range(draws):
-                if labels == "sampled":
-                    y = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-                loss = F.cross_entropy(logits.float(), y, reduction="sum")
-                grads = torch.autograd.grad(loss, outs + aliases, retain_graph=draw < draws - 1)
-                _accumulate_batch(
-                    graph,
-                    rec,
-                    grads,
-                    deltas,
-                    w_acc,
-                    a_acc,
-                    fisher_diag,
-                    a_bits,
-                    act_clips,
-                    act_signed,
-                    mode,
-                    dtype,
+            for k, pas in enumerate(passes):
+                labels = y
+                if pas.labels == "sampled":
+                    probs = logits.detach().float().softmax(1)
+                    labels = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+                wanted = outs + (aliases if pas.act else [])
+                grads = torch.autograd.grad(loss, wanted, retain_graph=k < len(passes) - 1)
+                _accumulate(
+                    graph, rec, pas, grads, deltas, sums, a_bits, act_clips, act_signed, dtype
                 )
             n_total += x.shape[0]
             if progress is not None:
@@ -201,50 +237,58 @@ def fisher_sensitivity(
             p.requires_grad_(r)
         model.train(was_training)
 
-    weight: dict[str, np.ndarray] = {}
-    for name, d in deltas.items():
-        if mode == "block":
-            est = 0.5 * w_acc[name] / n_total
-        else:
-            est = 0.5 * torch.einsum("ck,bck->bc", fisher_diag[name] / n_total, d * d)
-        weight[name] = est.T.double().numpy()  # (C, n_bits)
-    act = {g: (0.5 * v / n_total).double().numpy() for g, v in a_acc.items()}
-    n_total *= draws
-    meta = {
-        "samples": n_total // draws,
-        "labels": labels,
-        "draws": draws,
-        "mode": mode,
-        "seconds": time.perf_counter() - t0,
-    }
-    return SensitivityTable(
-        "fisher" if mode == "block" else "fisher-diag", w_bits, a_bits, weight, act, meta
-    )
+    weight = {name: _weight_estimate(method, name, d, sums, n_total) for name, d in deltas.items()}
+    act = {g: (0.5 * v / n_total).double().numpy() for g, v in sums.act.items()}
+    meta = {"samples": n_total, "seconds": time.perf_counter() - t0, "bf16": fast}
+    return SensitivityTable(method, w_bits, a_bits, weight, act, meta)
 
 
-def _accumulate_batch(
-    graph, rec, grads, deltas, w_acc, a_acc, fisher_diag, a_bits, act_clips, act_signed, mode, dtype
-) -> None:
+def _weight_estimate(method: str, name: str, d: torch.Tensor, sums: _Sums, n: int) -> np.ndarray:
+    """(C, n_bits) predicted loss increase of one layer from the accumulated sums."""
+    if sums.block:
+        est = 0.5 * sums.block[name] / n
+    else:
+        est = 0.5 * torch.einsum("ck,bck->bc", sums.diag[name] / n, d * d)
+        if sums.block_total:
+            total = 0.5 * sums.block_total[name] / n
+            share = est.sum(1, keepdim=True)
+            est = torch.where(share > 0, est * (total.unsqueeze(1) / share.clamp_min(1e-30)), 0.0)
+    return est.T.double().numpy()
+
+
+def _accumulate(graph, rec, pas, grads, deltas, sums, a_bits, act_clips, act_signed, dtype) -> None:
     """Add one backward pass's per-sample terms to the running sums."""
     n_layers = len(graph.layers)
-    gys, gxs = grads[:n_layers], grads[n_layers:]
+    gys = grads[:n_layers]
+    gxs = grads[n_layers:] if pas.act else [None] * n_layers
     batch = gys[0].shape[0]
     group_d = {g: torch.zeros(batch, len(a_bits)) for g in graph.act_groups}
     for layer, gy, gx in zip(graph.layers, gys, gxs, strict=True):
         xin = rec.inputs[layer.name]
         G = per_sample_grads(layer, xin, gy, dtype)
-        xin, gx = xin.float(), gx.float()
-        if mode == "block":
-            d = torch.einsum("nck,bck->nbc", G, deltas[layer.name])
-            w_acc[layer.name] += (d * d).sum(0)
-        else:
-            fisher_diag[layer.name] += (G * G).sum(0)
-        _accumulate_act(
-            group_d[layer.act_group], a_acc, layer, xin, gx, a_bits, act_clips, act_signed, mode
-        )
-    if mode == "block":
+        if "diag" in pas.weight:
+            sums.diag[layer.name] += (G * G).sum(0)
+        if "block" in pas.weight or "block_total" in pas.weight:
+            dd = torch.einsum("nck,bck->nbc", G, deltas[layer.name]) ** 2
+            if "block" in pas.weight:
+                sums.block[layer.name] += dd.sum(0)
+            if "block_total" in pas.weight:
+                sums.block_total[layer.name] += dd.sum((0, 2))
+        if pas.act:
+            _accumulate_act(
+                group_d[layer.act_group],
+                sums.act,
+                layer,
+                xin.float(),
+                gx.float(),
+                a_bits,
+                act_clips,
+                act_signed,
+                pas.act,
+            )
+    if pas.act == "block":
         for g, d in group_d.items():
-            a_acc[g] += (d * d).sum(0)
+            sums.act[g] += (d * d).sum(0)
 
 
 def _accumulate_act(group_d, a_acc, layer, xin, gx, a_bits, act_clips, act_signed, mode) -> None:

@@ -1,0 +1,149 @@
+"""The ``hawq-search`` command line: thin commands over :mod:`hawq_search.pipeline`."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from hawq_search import __version__
+from hawq_search.cli.errors import run_cli
+from hawq_search.cli.options import build_config, eval_options, model_options, search_options
+
+
+def _threads() -> None:
+    # Two cores here; torch's default oversubscribes small machines.
+    torch.set_num_threads(min(torch.get_num_threads(), 2) or 1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hawq-search")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+def cli(debug: bool) -> None:
+    """Per-channel mixed-precision bit-width search for CNNs.
+
+    \b
+    Examples:
+      hawq-search run --budget-mb 0.5
+      hawq-search run --model resnet20 --budget-mb 0.07 --abits 32 --dataset imagefolder --data-dir DIR
+      hawq-search evaluate --plan runs/X/plan.json
+    """
+    _threads()
+
+
+@cli.command()
+@model_options
+@search_options
+@eval_options
+def run(**kw) -> None:
+    """Sensitivities, exact ILP search, uniform baseline and PTQ evaluation, end to end."""
+    from hawq_search.pipeline import Session
+    from hawq_search.report import console_table
+    from hawq_search.run import run_job
+
+    session = Session(build_config(**kw))
+    summary = run_job(session)
+    click.echo(console_table(summary))
+    t = summary["timings_s"]
+    click.echo(
+        f"search: {summary['solver']['status']}, gap {summary['solver']['mip_gap']:.1e}; "
+        f"time (s): sensitivity {t['sensitivity']:.1f}, search {t['search']:.1f}, evaluation {t['evaluation']:.1f}"
+    )
+    click.echo(f"wrote {session.out}/plan.json, report.md, summary.json")
+
+
+@cli.command()
+@model_options
+@click.option(
+    "--sensitivity",
+    "method",
+    default="fisher",
+    show_default=True,
+    help="fisher, empirical-fisher, fisher-diag, sampled-fisher or hessian.",
+)
+@click.option("--hessian-probes", default=100, show_default=True, type=int)
+def sensitivity(method: str, **kw) -> None:
+    """Compute (or reuse) the sensitivity table in the run directory."""
+    from hawq_search.pipeline import Session
+
+    session = Session(build_config(sensitivity=method, **kw))
+    table = session.sensitivity()
+    bits = table.w_bits
+    rows = sorted(session.graph.layers, key=lambda layer: -table.layer_loss(layer.name)[0])
+    click.echo(
+        f"{table.method} sensitivities of {len(rows)} layers on {table.meta.get('samples')} images"
+    )
+    click.echo(f"{'layer':28s} " + " ".join(f"{f'{b} bits':>10s}" for b in bits))
+    for layer in rows[:10]:
+        click.echo(
+            f"{layer.name:28s} " + " ".join(f"{v:10.3e}" for v in table.layer_loss(layer.name))
+        )
+    if len(rows) > 10:
+        click.echo(
+            f"... {len(rows) - 10} more layers (most sensitive first, predicted loss increase)"
+        )
+    click.echo(f"cached in {session.out}")
+
+
+@cli.command()
+@model_options
+@search_options
+def search(**kw) -> None:
+    """Search a plan (reusing the run directory's sensitivities) and write plan.json."""
+    from hawq_search.pipeline import Session
+
+    session = Session(build_config(**kw))
+    plan, result = session.search()
+    session.out.mkdir(parents=True, exist_ok=True)
+    plan.save(session.out / "plan.json")
+    t = plan.totals
+    click.echo(
+        f"plan: {t['bytes']} bytes ({t['mb']:.4f} MB), {t['avg_weight_bits']:.3f} mean weight bits, "
+        f"{t['bops'] / 1e9:.3f} GBOPs; {result.status.value}, gap {result.stats['mip_gap']:.1e}, "
+        f"solved in {result.stats['solve_time_s']:.2f} s"
+    )
+    click.echo(f"wrote {session.out}/plan.json")
+
+
+@cli.command()
+@click.option(
+    "--plan",
+    "plan_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="plan.json to evaluate.",
+)
+@model_options
+@eval_options
+def evaluate(plan_path: str, **kw) -> None:
+    """PTQ top-1 of a plan next to the float model."""
+    from hawq_search.pipeline import Session
+    from hawq_search.plan import Plan
+
+    plan = Plan.load(plan_path)
+    if kw.get("model") == "resnet56" and plan.model.get("id") and plan.model["id"] != "resnet56":
+        kw["model"] = plan.model["id"]  # default to the plan's own model
+    session = Session(build_config(**kw))
+    fp = session.evaluate(None, "float")
+    q = session.evaluate(plan, "plan")
+    totals = plan.recompute_totals()
+    click.echo(
+        f"float top-1 {fp:.2f} %; plan top-1 {q:.2f} % ({totals['mb']:.4f} MB, {totals['avg_weight_bits']:.3f} mean weight bits) on {len(session.eval_data)} images"
+    )
+
+
+@cli.command()
+def models() -> None:
+    """List registered models."""
+    from hawq_search.models import get_model_spec, list_models
+
+    for name in list_models():
+        spec = get_model_spec(name)
+        click.echo(f"{name:20s} {spec.dataset:9s} {spec.num_classes:5d} classes")
+
+
+def main(args: list[str] | None = None) -> None:
+    raise SystemExit(run_cli(cli, args))
+
+
+if __name__ == "__main__":
+    main()
