@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny models and synthetic data for the default suite, and the optional
+real CIFAR-10 data and weights from ../shared (tests using them skip when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hawq_search.data.datasets import TensorData
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HAWQ_SEARCH_SHARED", REPO.parent / "shared"))
+LOSSLESS = SHARED / "data" / "cifar10-lossless"
+WEIGHTS = SHARED / "weights"
+
+torch.set_num_threads(2)
+
+
+class TinyNet(nn.Module):
+    """Conv-BN-ReLU stack with a grouped conv, a depthwise conv, a branch sharing an input and a
+    linear head: every structure the graph and quantizers must handle, in a few thousand weights."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.side = nn.Conv2d(8, 8, 1, bias=True)  # reads the same tensor as dw
+        self.bn3 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.dw(x)) + self.side(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def tiny_net(num_classes: int = 10) -> TinyNet:
+    torch.manual_seed(0)
+    return TinyNet(num_classes).eval()
+
+
+def synthetic_data(n: int = 64, seed: int = 0, size: int = 16) -> TensorData:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return TensorData(x, y, list(range(n)), "synthetic")
+
+
+@pytest.fixture
+def tiny():
+    return tiny_net()
+
+
+@pytest.fixture
+def data():
+    return synthetic_data()
+
+
+def _has_real() -> bool:
+    return (LOSSLESS / "train").is_dir() and (WEIGHTS / "resnet20-12fca82f.th").is_file()
+
+
+requires_shared = pytest.mark.skipif(
+    not _has_real(), reason=f"real CIFAR-10 data and weights not found under {SHARED}"
+)
