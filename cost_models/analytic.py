@@ -268,6 +268,10 @@ class BitSerialModel(AnalyticModel):
         c = self.cycles(g, layer, w, a)
         return self.cycles_to_s(c), float(c)
 
+    def channel_quantum(self, layer: LayerInfo) -> int:
+        """Output channels map to the array's Dn lanes."""
+        return self.dn
+
     def units(self) -> int:
         return self.dm * self.dk * self.dn
 
@@ -330,6 +334,10 @@ class BitFusionModel(AnalyticModel):
     def compute(self, g: Gemm, layer: LayerInfo, w: int, a: int) -> tuple[float, float | None]:
         c = self.cycles(g, layer, w, a)
         return self.cycles_to_s(c), float(c)
+
+    def channel_quantum(self, layer: LayerInfo) -> int:
+        """Output channels map to the array's columns."""
+        return self.cols
 
     def units(self) -> int:
         return self.rows * self.cols

@@ -140,6 +140,11 @@ class CostModel(ABC):
         """
         return Cost.zero()
 
+    def channel_quantum(self, layer: LayerInfo) -> int:
+        """Output channels one compute tile spans: a sub-kernel of ``n`` channels costs as much
+        as ``ceil(n / q) * q``. The ILP counts per-channel groups in these tiles. 1 = no tiling."""
+        return 1
+
     def per_channel_cost(self, layer: LayerInfo, w_bits: int, a_bits: int) -> Cost:
         """Average cost of one output channel beyond the group overhead (the ILP's slope).
 

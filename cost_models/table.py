@@ -324,6 +324,9 @@ class TableCostModel(CostModel):
     def group_overhead(self, layer: LayerInfo) -> Cost:
         return self.analytic.group_overhead(layer)
 
+    def channel_quantum(self, layer: LayerInfo) -> int:
+        return self.analytic.channel_quantum(layer)
+
     def layer_cost(
         self, layer: LayerInfo, w_bits: int, a_bits: int, *, out_channels: int | None = None
     ) -> Cost:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cost_models.size import layer_weight_bytes
 from hawq_search import __version__
 from hawq_search.data.datasets import TensorData, load_subset
 from hawq_search.evaluation import top1
@@ -32,7 +33,7 @@ from hawq_search.models.weights import (
     Preprocess,
 )
 from hawq_search.plan import SIZE_DEFINITION, LayerPlan, Plan, apply_plan
-from hawq_search.problem import build_problem
+from hawq_search.problem import build_problem, parse_granularity
 from hawq_search.quant.bits import ALLOWED_BITS, is_quantized
 from hawq_search.quant.bn import correct_bn
 from hawq_search.sensitivity.calibration import act_clips, collect_act_stats
@@ -74,6 +75,10 @@ class RunConfig:
     time_limit_s: float = 60.0
     hessian_probes: int = 100
     bn_correction: bool = True
+    accelerator: str | None = None  # built-in profile name or profile YAML path
+    accel_batch: int | None = None  # overrides the profile's batch size
+    latency_ms: float | None = None
+    energy_mj: float | None = None
     progress: bool = True
 
     def validate(self) -> None:
@@ -89,6 +94,7 @@ class RunConfig:
             raise UserInputError(
                 f"--sensitivity {self.sensitivity!r} is not one of {', '.join(SENSITIVITY_METHODS)}"
             )
+        parse_granularity(self.granularity)
         if self.calib_size < 1:
             raise UserInputError(f"--calib-size must be >= 1, got {self.calib_size}")
         if self.eval_size < 0:
@@ -97,6 +103,13 @@ class RunConfig:
             raise UserInputError(f"--budget-mb must be > 0, got {self.budget_mb}")
         if self.bops is not None and not self.bops > 0:
             raise UserInputError(f"--bops must be > 0, got {self.bops}")
+        for label, v in (("--latency-ms", self.latency_ms), ("--energy-mj", self.energy_mj)):
+            if v is not None and not v > 0:
+                raise UserInputError(f"{label} must be > 0, got {v}")
+        if (self.latency_ms is not None or self.energy_mj is not None) and not self.accelerator:
+            raise UserInputError(
+                "--latency-ms and --energy-mj need --accelerator NAME|PATH to price layers"
+            )
         if (self.mean is None) != (self.std is None):
             raise UserInputError("--mean and --std go together: give both or neither")
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -133,6 +146,8 @@ class Session:
         self._eval: TensorData | None = None
         self._clips: dict | None = None
         self._signed: dict | None = None
+        self._cost_model = None
+        self._budgets_checked = False
 
     # ---- inputs -------------------------------------------------------------------------
     @property
@@ -273,41 +288,124 @@ class Session:
         return table
 
     # ---- search -------------------------------------------------------------------------
-    def search(self, table: SensitivityTable | None = None) -> tuple[Plan, SearchResult]:
+    @property
+    def cost_model(self):
+        """The accelerator cost model, or None without ``--accelerator``."""
+        if self._cost_model is None and self.config.accelerator:
+            from cost_models.registry import load_accelerator
+
+            self._cost_model = load_accelerator(
+                self.config.accelerator, batch=self.config.accel_batch
+            )
+        return self._cost_model
+
+    def _problem(self, table: SensitivityTable, latency_s: float | None, energy_j: float | None):
         c = self.config
-        table = table or self.sensitivity()
-        problem = build_problem(
+        return build_problem(
             self.graph,
             table,
             granularity=c.granularity,
             size_budget_bytes=c.budget_mb * 1e6 if c.budget_mb is not None else None,
             bops_budget=c.bops,
+            cost_model=self.cost_model,
+            latency_budget_s=latency_s,
+            energy_budget_j=energy_j,
         )
-        self._warn_non_binding(problem)
-        result = IlpSearch(time_limit=c.time_limit_s).solve(problem)
-        if result.status is SearchStatus.INFEASIBLE:
-            raise InfeasibleBudgetError(result.message)
-        if not result.success:
-            raise RuntimeError(f"search failed: {result.message}")
-        plan = self._plan_from_choice(problem, table, result)
+
+    def search(self, table: SensitivityTable | None = None) -> tuple[Plan, SearchResult]:
+        """Solve the ILP; with an accelerator, re-price the plan exactly (sub-kernel tile padding)
+        and tighten the linearised latency/energy budgets until the exact costs meet them."""
+        c = self.config
+        if not self._budgets_checked:
+            self.check_budgets()
+        table = table or self.sensitivity()
+        targets = self._targets()
+        ilp_budgets = dict(targets)
+        problem = self._problem(table, ilp_budgets["latency"], ilp_budgets["energy"])
+        solver = IlpSearch(time_limit=c.time_limit_s)
+        for attempt in range(1, 9):  # noqa: B007 - reported after the loop
+            result = solver.solve(problem)
+            if result.status is SearchStatus.INFEASIBLE:
+                raise InfeasibleBudgetError(result.message)
+            if not result.success:
+                raise RuntimeError(f"search failed: {result.message}")
+            plan = self._plan_from_choice(problem, table, result)
+            if self.cost_model is None:
+                break
+            exact = {"latency": plan.totals["latency_s"], "energy": plan.totals["energy_j"]}
+            over = {
+                name: exact[name] - target
+                for name, target in targets.items()
+                if target is not None and exact[name] > target * (1 + 1e-9)
+            }
+            if not over:
+                break
+            for name, excess in over.items():
+                ilp_budgets[name] -= excess * 1.02 + 1e-12
+            problem = self._problem(table, ilp_budgets["latency"], ilp_budgets["energy"])
+        else:
+            raise InfeasibleBudgetError(
+                "the exact (tile-padded) cost of every plan found exceeds the "
+                f"{' and '.join(over)} budget: relax it or use --granularity layer"
+            )
+        plan.provenance["repricing_rounds"] = attempt
         return plan, result
+
+    def check_budgets(self) -> None:
+        """Fail fast on infeasible budgets and warn on non-binding ones, before any sensitivity
+        is computed (ranges of costs do not depend on losses)."""
+        c = self.config
+        zero = SensitivityTable(
+            "none",
+            tuple(c.wbits),
+            tuple(c.abits),
+            {
+                layer.name: np.zeros((layer.out_channels, len(c.wbits)))
+                for layer in self.graph.layers
+            },
+            {g: np.zeros(len(c.abits)) for g in self.graph.act_groups},
+        )
+        targets = self._targets()
+        self._warn_non_binding(self._problem(zero, targets["latency"], targets["energy"]))
+        self._budgets_checked = True
+
+    def _targets(self) -> dict[str, float | None]:
+        c = self.config
+        return {
+            "latency": c.latency_ms / 1e3 if c.latency_ms is not None else None,
+            "energy": c.energy_mj / 1e3 if c.energy_mj is not None else None,
+        }
 
     def _warn_non_binding(self, problem) -> None:
         for r in problem.resources:
             if r.budget is None:
                 continue
-            low, high = resource_range(problem, r.name)
-            if low > r.budget - r.slack:
+            if r.name == "size":  # exact bytes: size is monotone in every channel's bits
+                low, high = (
+                    self._uniform_bytes(min(problem.w_bits)),
+                    self._uniform_bytes(max(problem.w_bits)),
+                )
+                feasible = low <= r.budget
+            else:
+                low, high = resource_range(problem, r.name)
+                feasible = low <= r.budget
+            if not feasible:
                 raise InfeasibleBudgetError(
                     f"{_budget_label(r.name)} {_fmt(r.name, r.budget)} is infeasible: the smallest "
-                    f"plan with --wbits {','.join(map(str, problem.w_bits))} needs {_fmt(r.name, low + r.slack)}"
+                    f"plan with --wbits {','.join(map(str, problem.w_bits))} and --abits "
+                    f"{','.join(map(str, problem.a_bits))} needs {_fmt(r.name, low)}"
                 )
-            if high <= r.budget - r.slack:
+            if high <= r.budget:
                 warnings.warn(
                     f"{_budget_label(r.name)} {_fmt(r.name, r.budget)} does not bind: the largest plan "
-                    f"needs only {_fmt(r.name, high + r.slack)}",
+                    f"needs only {_fmt(r.name, high)}",
                     stacklevel=2,
                 )
+
+    def _uniform_bytes(self, bits: int) -> int:
+        return sum(
+            layer_weight_bytes(layer, [bits] * layer.out_channels) for layer in self.graph.layers
+        )
 
     def _plan_from_choice(self, problem, table: SensitivityTable, result: SearchResult) -> Plan:
         c = self.config
@@ -329,6 +427,9 @@ class Session:
         plan.budgets = {
             "size_bytes": c.budget_mb * 1e6 if c.budget_mb is not None else None,
             "bops": c.bops,
+            "latency_s": c.latency_ms / 1e3 if c.latency_ms is not None else None,
+            "energy_j": c.energy_mj / 1e3 if c.energy_mj is not None else None,
+            "accelerator": c.accelerator,
             "size_definition": SIZE_DEFINITION,
         }
         plan.provenance.update(
@@ -400,6 +501,8 @@ class Session:
             },
         )
         plan.recompute_totals()
+        if self.cost_model is not None:
+            plan.price(self.cost_model)
         return plan
 
     def uniform_plan(self, budget_bytes: float | None, bops: float | None) -> Plan:
@@ -412,8 +515,12 @@ class Session:
                     {layer.name: [wb] * layer.out_channels for layer in self.graph.layers},
                     {g: ab for g in self.graph.act_groups},
                 )
-                fits = (budget_bytes is None or plan.totals["bytes"] <= budget_bytes) and (
-                    bops is None or plan.totals["bops"] <= bops
+                t = plan.totals
+                fits = (
+                    (budget_bytes is None or t["bytes"] <= budget_bytes)
+                    and (bops is None or t["bops"] <= bops)
+                    and (c.latency_ms is None or t["latency_s"] <= c.latency_ms / 1e3)
+                    and (c.energy_mj is None or t["energy_j"] <= c.energy_mj / 1e3)
                 )
                 if fits:
                     best = plan
@@ -453,7 +560,12 @@ def _dataset_stats(name: str) -> tuple[tuple, tuple]:
 
 
 def _budget_label(name: str) -> str:
-    return {"size": "--budget-mb", "bops": "--bops"}.get(name, name)
+    return {
+        "size": "--budget-mb",
+        "bops": "--bops",
+        "latency": "--latency-ms",
+        "energy": "--energy-mj",
+    }.get(name, name)
 
 
 def _fmt(name: str, value: float) -> str:
@@ -461,6 +573,10 @@ def _fmt(name: str, value: float) -> str:
         return f"{value / 1e6:.6f} MB ({value:.0f} bytes)"
     if name == "bops":
         return f"{value:.4g} BOPs"
+    if name == "latency":
+        return f"{value * 1e3:.6g} ms"
+    if name == "energy":
+        return f"{value * 1e3:.6g} mJ"
     return f"{value:.6g}"
 
 

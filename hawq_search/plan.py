@@ -45,6 +45,7 @@ class LayerPlan:
     bops: int = 0
     predicted_loss_increase: float = 0.0
     info: LayerInfo | None = field(default=None, repr=False, compare=False)
+    hardware: dict | None = None  # latency_s, energy_j, bound, extrapolated under the accelerator
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +60,7 @@ class LayerPlan:
             "bytes": self.bytes,
             "bops": self.bops,
             "predicted_loss_increase": self.predicted_loss_increase,
+            "hardware": self.hardware,
             "layer": self.info.to_dict() if self.info else None,
         }
 
@@ -78,6 +80,7 @@ class LayerPlan:
             bops=int(d.get("bops", 0)),
             predicted_loss_increase=float(d.get("predicted_loss_increase", 0.0)),
             info=info,
+            hardware=d.get("hardware"),
         )
 
 
@@ -113,6 +116,34 @@ class Plan:
         }
         return self.totals
 
+    def price(self, cost_model) -> dict:
+        """Per-layer and total latency/energy under ``cost_model`` (one sub-kernel per bit-width
+        group, exact tile padding), recorded in the plan; returns the totals."""
+        latency = energy = 0.0
+        extrapolated = []
+        for lp in self.layers:
+            c = cost_model.plan_cost(lp.info, lp.w_bits, lp.a_bits)
+            lp.hardware = {
+                "latency_s": c.latency_s,
+                "energy_j": c.energy_j,
+                "bound": c.bound,
+                "extrapolated": c.extrapolated,
+            }
+            latency += c.latency_s
+            energy += c.energy_j
+            if c.extrapolated:
+                extrapolated.append(lp.name)
+        self.totals.update(
+            {
+                "accelerator": cost_model.name,
+                "accelerator_batch": cost_model.batch,
+                "latency_s": latency,
+                "energy_j": energy,
+                "extrapolated_layers": extrapolated,
+            }
+        )
+        return self.totals
+
     def to_dict(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -132,6 +163,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
+        if not isinstance(d, dict):
+            raise UserInputError(f"plan is a JSON {type(d).__name__}, not an object: regenerate it")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise PlanVersionError(
@@ -139,6 +172,10 @@ class Plan:
                 f"{SCHEMA_VERSION}): regenerate the plan with this version"
             )
         try:
+            if not isinstance(d["layers"], list) or not all(
+                isinstance(x, dict) for x in d["layers"]
+            ):
+                raise TypeError("'layers' must be a list of objects")
             layers = [LayerPlan.from_dict(x) for x in d["layers"]]
             plan = cls(
                 d["model"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cost_models.base import CostModel
 from cost_models.size import channel_bits_cost
 from hawq_search.exceptions import UserInputError
 from hawq_search.graph.trace import ModelGraph
@@ -36,10 +37,21 @@ def build_problem(
     granularity: str = "channel",
     size_budget_bytes: float | None = None,
     bops_budget: float | None = None,
+    cost_model: CostModel | None = None,
+    latency_budget_s: float | None = None,
+    energy_budget_j: float | None = None,
     pinned: dict[str, int] | None = None,
 ) -> SearchProblem:
     """Weight groups by ``granularity``; resources ``size`` (bytes) and ``bops`` always present
-    (their budget may be None, then they are only reported)."""
+    (their budget may be None, then they are only reported), plus ``latency`` (s) and ``energy``
+    (J) under ``cost_model`` when one is given.
+
+    Per-channel plans on an accelerator are costed as one sub-kernel per bit-width group: each
+    channel adds ``cost_model.per_channel_cost`` at its (weight, activation) bits and each used
+    bit-width adds one ``cost_model.group_overhead`` (an indicator variable in the ILP). That is
+    exact for whole layers; for mixed layers the caller re-prices the plan exactly with
+    ``cost_model.plan_cost`` (which pads sub-kernels to the array's tiles).
+    """
     per_group = parse_granularity(granularity)
     w_bits, a_bits = table.w_bits, table.a_bits
     groups: list[WeightGroup] = []
@@ -53,6 +65,11 @@ def build_problem(
             )
         loss = table.weight[layer.name]
         step = per_group or layer.out_channels
+        if granularity == "channel" and cost_model is not None:
+            # Channels of one compute tile run in one sub-kernel: splitting a tile between bit
+            # widths pads every part to a whole tile, so decide per tile ("group:1" forces
+            # per-channel decisions anyway).
+            step = max(1, min(int(cost_model.channel_quantum(layer)), layer.out_channels))
         allowed = np.ones(len(w_bits), dtype=bool)
         if layer.name in pinned:
             if pinned[layer.name] not in w_bits:
@@ -72,7 +89,13 @@ def build_problem(
         "bytes",
         size_budget_bytes,
         weight=np.array(size_rows),
-        slack=float(len(graph.layers)),  # each layer rounds up to whole bytes
+        # A layer rounds its packed bits up to whole bytes: < 1 byte, and none when every option
+        # packs whole bytes (params per channel a multiple of 8, as in most convolutions).
+        slack=float(
+            sum(
+                1 for layer in graph.layers if any(layer.params_per_channel * b % 8 for b in w_bits)
+            )
+        ),
     )
     bops = Resource(
         "bops",
@@ -83,6 +106,15 @@ def build_problem(
             for layer in graph.layers
         },
     )
+    resources = [size, bops]
+    if cost_model is not None:
+        resources += accelerator_resources(
+            graph, cost_model, w_bits, a_bits, latency_budget_s, energy_budget_j
+        )
+    elif latency_budget_s is not None or energy_budget_j is not None:
+        raise UserInputError(
+            "--latency-ms and --energy-mj need --accelerator NAME|PATH to price layers"
+        )
     return SearchProblem(
         layers=graph.layers,
         w_bits=w_bits,
@@ -90,6 +122,42 @@ def build_problem(
         weight_groups=groups,
         act_groups=act_groups,
         act_loss=act_loss,
-        resources=[size, bops],
+        resources=resources,
         w_allowed=np.array(allowed_rows),
     )
+
+
+def accelerator_resources(
+    graph: ModelGraph,
+    cost_model: CostModel,
+    w_bits: tuple[int, ...],
+    a_bits: tuple[int, ...],
+    latency_budget_s: float | None,
+    energy_budget_j: float | None,
+) -> list[Resource]:
+    """Latency and energy resources: a cost per tile of ``channel_quantum`` output channels per
+    (w, a) pair, plus one overhead per used bit-width group."""
+    lat_pair, en_pair, lat_ovh, en_ovh, quantum = {}, {}, {}, {}, {}
+    for layer in graph.layers:
+        q = max(1, min(int(cost_model.channel_quantum(layer)), layer.out_channels))
+        units = -(-layer.out_channels // q)
+        over = cost_model.group_overhead(layer)
+        lat = np.zeros((len(w_bits), len(a_bits)))
+        en = np.zeros_like(lat)
+        for i, wb in enumerate(w_bits):
+            for j, ab in enumerate(a_bits):
+                # Cost of one tile of q channels beyond the overhead: whole-layer cost is exact.
+                c = cost_model.layer_cost(layer, wb, ab)
+                lat[i, j] = max(c.latency_s - over.latency_s, 0.0) / units
+                en[i, j] = max(c.energy_j - over.energy_j, 0.0) / units
+        lat_pair[layer.name], en_pair[layer.name], quantum[layer.name] = lat, en, q
+        if over.latency_s > 0:
+            lat_ovh[layer.name] = np.full(len(w_bits), over.latency_s)
+        if over.energy_j > 0:
+            en_ovh[layer.name] = np.full(len(w_bits), over.energy_j)
+    return [
+        Resource(
+            "latency", "s", latency_budget_s, pair=lat_pair, overhead=lat_ovh, quantum=quantum
+        ),
+        Resource("energy", "J", energy_budget_j, pair=en_pair, overhead=en_ovh, quantum=quantum),
+    ]

@@ -15,6 +15,7 @@ __all__ = ["run_job"]
 def run_job(session: Session) -> dict:
     """Sensitivities, search, uniform baseline and PTQ evaluation; writes the run directory."""
     c = session.config
+    session.check_budgets()
     t0 = time.perf_counter()
     table = session.sensitivity()
     session.timings.sensitivity = time.perf_counter() - t0

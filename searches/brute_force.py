@@ -33,7 +33,7 @@ class BruteForceSearch:
                     for r in problem.resources
                 ):
                     continue
-                if best is None or obj < best[0] - 1e-15:
+                if best is None or obj < best[0] - 1e-12 * abs(best[0]):
                     best = (obj, np.array(w), np.array(a), costs)
         if best is None:
             return SearchResult(SearchStatus.INFEASIBLE, "no plan meets the budgets")

@@ -9,6 +9,9 @@ Formulation (one-hot, a multiple-choice knapsack with side constraints):
   ``sum_j u[l, i, j] = n[l, i]`` (channels of layer ``l`` at option ``i``) and
   ``u[l, i, j] <= C_l * y[a(l), j]``. Since exactly one ``y[a(l), j]`` is 1, ``u[l, i, j]`` equals
   ``n[l, i]`` for that ``j`` and 0 otherwise.
+* A resource may count a layer's channels in tiles of ``q`` (an accelerator's output-channel
+  array width): integer ``t[l, i] = ceil(n[l, i] / q)`` (``n <= q t <= n + q - 1``) replaces ``n[l, i]`` in its costs, so a
+  sub-kernel of 3 channels pays for a whole tile, as the hardware does.
 * Per-group overheads use indicators ``z[l, i] >= x[g, i]`` for every group ``g`` of ``l``.
 
 The objective (predicted loss increase, values around 1e-9..1e-3) is scaled so that its total
@@ -34,7 +37,8 @@ _OBJECTIVE_RANGE = 1e3
 class _Builder:
     """Variable layout and sparse rows of the MILP."""
 
-    def __init__(self, problem: SearchProblem) -> None:
+    def __init__(self, problem: SearchProblem, active: list) -> None:
+        """``active``: the resources that enter the model (budgeted, or being ranged)."""
         p = problem
         self.p = p
         nw, na = len(p.w_bits), len(p.a_bits)
@@ -42,22 +46,28 @@ class _Builder:
         self.x0 = 0
         self.y0 = len(p.weight_groups) * nw
         n = self.y0 + len(p.act_groups) * na
-        # Layers whose pair costs need the (weight option, activation option) linearisation.
-        pair_layers = sorted({name for r in p.resources for name in r.pair}, key=self._order)
-        self.u0: dict[str, int] = {}
-        if na > 1:
-            for name in pair_layers:
-                self.u0[name] = n
+        self.groups_by_layer: dict[str, list[int]] = {}
+        for k, g in enumerate(p.weight_groups):
+            self.groups_by_layer.setdefault(g.layer, []).append(k)
+        # Count units of a layer's pair costs: channels (quantum 1) or tiles of q channels,
+        # t[l, i] = ceil(n[l, i] / q) as an integer variable with q * t >= n.
+        keys = {(name, r.quantum.get(name, 1)) for r in active for name in r.pair}
+        self.count_keys = sorted(keys, key=lambda k: (self._order(k[0]), k[1]))
+        self.t0: dict[tuple[str, int], int] = {}
+        self.u0: dict[tuple[str, int], int] = {}
+        for key in self.count_keys:
+            if key[1] > 1:
+                self.t0[key] = n
+                n += nw
+            if na > 1:  # pair costs need the (weight option, activation option) linearisation
+                self.u0[key] = n
                 n += nw * na
-        ovh_layers = sorted({name for r in p.resources for name in r.overhead}, key=self._order)
+        ovh_layers = sorted({name for r in active for name in r.overhead}, key=self._order)
         self.z0: dict[str, int] = {}
         for name in ovh_layers:
             self.z0[name] = n
             n += nw
         self.n = n
-        self.groups_by_layer: dict[str, list[int]] = {}
-        for k, g in enumerate(p.weight_groups):
-            self.groups_by_layer.setdefault(g.layer, []).append(k)
         self.rows: list[tuple[list[int], list[float], float, float]] = []
 
     def _order(self, name: str) -> int:
@@ -72,28 +82,60 @@ class _Builder:
     def add(self, cols, vals, lo, hi) -> None:
         self.rows.append((list(cols), list(vals), lo, hi))
 
+    def channels(self, name: str) -> int:
+        return sum(self.p.weight_groups[k].count for k in self.groups_by_layer[name])
+
+    def cap(self, key: tuple[str, int]) -> int:
+        """Largest number of count units of one option of layer ``key[0]``."""
+        return -(-self.channels(key[0]) // key[1])
+
+    def count_expr(self, key: tuple[str, int], i: int) -> tuple[list[int], list[float]]:
+        """Columns and coefficients of the count units of option ``i`` of a layer."""
+        if key[1] > 1:
+            return [self.t0[key] + i], [1.0]
+        groups = self.groups_by_layer[key[0]]
+        return [self.xi(k, i) for k in groups], [
+            float(self.p.weight_groups[k].count) for k in groups
+        ]
+
     def structural_rows(self) -> None:
         p = self.p
         for g in range(len(p.weight_groups)):
             self.add([self.xi(g, i) for i in range(self.nw)], [1.0] * self.nw, 1.0, 1.0)
         for a in range(len(p.act_groups)):
             self.add([self.yi(a, j) for j in range(self.na)], [1.0] * self.na, 1.0, 1.0)
-        for name, u0 in self.u0.items():
-            layer = p.layer_by_name[name]
-            a = p.act_index[layer.act_group]
+        for key, t0 in self.t0.items():
+            name, q = key
             groups = self.groups_by_layer[name]
-            total = float(sum(p.weight_groups[k].count for k in groups))
+            for i in range(self.nw):  # n <= q * t <= n + q - 1, i.e. t = ceil(n / q)
+                cols = [t0 + i] + [self.xi(k, i) for k in groups]
+                vals = [float(q)] + [-float(p.weight_groups[k].count) for k in groups]
+                self.add(cols, vals, 0.0, float(q - 1))
+        for key, u0 in self.u0.items():
+            a = p.act_index[p.layer_by_name[key[0]].act_group]
+            cap = float(self.cap(key))
             for i in range(self.nw):
-                cols = [u0 + i * self.na + j for j in range(self.na)]
-                cols += [self.xi(k, i) for k in groups]
-                vals = [1.0] * self.na + [-float(p.weight_groups[k].count) for k in groups]
-                self.add(cols, vals, 0.0, 0.0)
+                cols, vals = self.count_expr(key, i)
+                self.add(
+                    [u0 + i * self.na + j for j in range(self.na)] + cols,
+                    [1.0] * self.na + [-v for v in vals],
+                    0.0,
+                    0.0,
+                )
                 for j in range(self.na):
-                    self.add([u0 + i * self.na + j, self.yi(a, j)], [1.0, -total], -np.inf, 0.0)
+                    self.add([u0 + i * self.na + j, self.yi(a, j)], [1.0, -cap], -np.inf, 0.0)
         for name, z0 in self.z0.items():
-            for k in self.groups_by_layer[name]:
-                for i in range(self.nw):
+            groups = self.groups_by_layer[name]
+            for i in range(self.nw):
+                for k in groups:  # z >= x: a used option pays its overhead
                     self.add([self.xi(k, i), z0 + i], [1.0, -1.0], -np.inf, 0.0)
+                # z <= sum_k x: an unused option pays none (keeps maxima in resource_range true)
+                self.add(
+                    [z0 + i] + [self.xi(k, i) for k in groups],
+                    [1.0] + [-1.0] * len(groups),
+                    -np.inf,
+                    0.0,
+                )
 
     def resource_coefficients(self, r) -> np.ndarray:
         p = self.p
@@ -104,29 +146,35 @@ class _Builder:
             c[self.y0 : self.y0 + len(p.act_groups) * self.na] += np.asarray(r.act, float).reshape(
                 -1
             )
-        for name, per_channel in r.pair.items():
-            if name in self.u0:
-                c[self.u0[name] : self.u0[name] + self.nw * self.na] += per_channel.reshape(-1)
-            else:  # a single activation option: the cost is linear in x
-                for k in self.groups_by_layer[name]:
-                    for i in range(self.nw):
-                        c[self.xi(k, i)] += per_channel[i, 0] * p.weight_groups[k].count
+        for name, per_unit in r.pair.items():
+            key = (name, r.quantum.get(name, 1))
+            if key in self.u0:
+                c[self.u0[key] : self.u0[key] + self.nw * self.na] += per_unit.reshape(-1)
+            else:  # a single activation option: the cost is linear in the counts
+                for i in range(self.nw):
+                    cols, vals = self.count_expr(key, i)
+                    c[cols] += per_unit[i, 0] * np.asarray(vals)
         for name, ovh in r.overhead.items():
             c[self.z0[name] : self.z0[name] + self.nw] += ovh
         return c
 
     def objective(self) -> tuple[np.ndarray, float]:
+        """Objective coefficients, each group's smallest loss subtracted, and their scale.
+
+        Subtracting the per-group minimum (a constant every plan pays) makes HiGHS's relative gap
+        measure the loss the search can still remove, not the loss nothing can remove.
+        """
         p = self.p
         c = np.zeros(self.n)
         wl = np.array([g.loss for g in p.weight_groups], dtype=float)
+        wl = wl - np.where(p.w_allowed, wl, np.inf).min(1, keepdims=True)
         c[self.x0 : self.y0] = wl.reshape(-1)
-        c[self.y0 : self.y0 + len(p.act_groups) * self.na] = np.asarray(p.act_loss, float).reshape(
-            -1
-        )
-        spread = float(np.sum(wl.max(1) - wl.min(1)))
+        spread = float(np.sum(np.where(p.w_allowed, wl, 0.0).max(1)))
         if len(p.act_groups):
             al = np.asarray(p.act_loss, float)
-            spread += float(np.sum(al.max(1) - al.min(1)))
+            al = al - np.where(p.a_allowed, al, np.inf).min(1, keepdims=True)
+            c[self.y0 : self.y0 + len(p.act_groups) * self.na] = al.reshape(-1)
+            spread += float(np.sum(np.where(p.a_allowed, al, 0.0).max(1)))
         scale = _OBJECTIVE_RANGE / spread if spread > 0 else 1.0
         return c, scale
 
@@ -136,9 +184,10 @@ class _Builder:
         hi[self.x0 : self.y0] = p.w_allowed.reshape(-1).astype(float)
         hi[self.y0 : self.y0 + len(p.act_groups) * self.na] = p.a_allowed.reshape(-1).astype(float)
         integrality = np.ones(self.n)
-        for name, u0 in self.u0.items():
-            total = sum(p.weight_groups[k].count for k in self.groups_by_layer[name])
-            hi[u0 : u0 + self.nw * self.na] = total
+        for key, t0 in self.t0.items():
+            hi[t0 : t0 + self.nw] = self.cap(key)
+        for key, u0 in self.u0.items():
+            hi[u0 : u0 + self.nw * self.na] = self.cap(key)
             integrality[u0 : u0 + self.nw * self.na] = 0
         return Bounds(lo, hi), integrality
 
@@ -171,9 +220,9 @@ class _Builder:
 
 def resource_range(problem: SearchProblem, name: str) -> tuple[float, float]:
     """Smallest and largest value resource ``name`` can take over all plans (budgets ignored)."""
-    b = _Builder(problem)
-    b.structural_rows()
     r = problem.resource(name)
+    b = _Builder(problem, [r])
+    b.structural_rows()
     c = b.resource_coefficients(r)
     bounds, integrality = b.bounds_and_integrality()
     cons = b.constraint([])
@@ -204,13 +253,12 @@ class IlpSearch:
 
     def solve(self, problem: SearchProblem) -> SearchResult:
         t0 = time.perf_counter()
-        b = _Builder(problem)
+        active = [r for r in problem.resources if r.budget is not None]
+        b = _Builder(problem, active)
         b.structural_rows()
         c, scale = b.objective()
         extra = []
-        for r in problem.resources:
-            if r.budget is None:
-                continue
+        for r in active:
             extra.append((b.resource_coefficients(r), r.budget - r.constant - r.slack))
         bounds, integrality = b.bounds_and_integrality()
         cons = b.constraint(extra)

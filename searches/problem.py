@@ -5,8 +5,9 @@ Resources are additive over layers. A resource can charge
 
 * ``weight``: a cost per weight group and bit option (e.g. stored bytes);
 * ``act``: a cost per activation group and bit option;
-* ``pair``: a cost per output channel of a layer that depends on both the channel's weight bits
-  and the layer's activation bits (e.g. BOPs = MACs_c * w * a, or a latency table);
+* ``pair``: a cost per output channel of a layer (or per tile of ``quantum`` channels, rounded
+  up per bit option) that depends on both the channel's weight bits and the layer's activation
+  bits (e.g. BOPs = MACs_c * w * a, or a latency table);
 * ``overhead``: a fixed cost per layer and weight-bit option that is used by at least one of
   its channels (e.g. one extra kernel launch per bit-width group).
 """
@@ -44,9 +45,9 @@ class Resource:
     budget: float | None
     weight: np.ndarray | None = None  # (n_weight_groups, n_w_bits)
     act: np.ndarray | None = None  # (n_act_groups, n_a_bits)
-    pair: dict[str, np.ndarray] = field(
-        default_factory=dict
-    )  # layer -> (n_w_bits, n_a_bits), per channel
+    # layer -> (n_w_bits, n_a_bits) cost per unit: one channel, or one tile of quantum[layer]
+    pair: dict[str, np.ndarray] = field(default_factory=dict)
+    quantum: dict[str, int] = field(default_factory=dict)  # layer -> channels per unit (default 1)
     overhead: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (n_w_bits,)
     constant: float = 0.0  # cost independent of the decisions
     slack: float = 0.0  # reserved from the budget (e.g. per-layer rounding to whole bytes)
@@ -94,10 +95,15 @@ class SearchProblem:
                 total += float(sum(r.weight[k, i] for k, i in enumerate(w_choice)))
             if r.act is not None:
                 total += float(sum(r.act[k, j] for k, j in enumerate(a_choice)))
-            for layer, per_channel in r.pair.items():
+            for layer, per_unit in r.pair.items():
                 j = a_choice[self.act_index[self.layer_by_name[layer].act_group]]
+                q = r.quantum.get(layer, 1)
+                counts: dict[int, int] = {}
                 for k in self.groups_of(layer):
-                    total += float(per_channel[w_choice[k], j] * self.weight_groups[k].count)
+                    i = int(w_choice[k])
+                    counts[i] = counts.get(i, 0) + self.weight_groups[k].count
+                for i, n in counts.items():
+                    total += float(per_unit[i, j] * -(-n // q))
             for layer, ovh in r.overhead.items():
                 used = {int(w_choice[k]) for k in self.groups_of(layer)}
                 total += float(sum(ovh[i] for i in used))

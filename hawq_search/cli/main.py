@@ -6,6 +6,7 @@ import click
 import torch
 
 from hawq_search import __version__
+from hawq_search.cli.cost import cost as cost_group
 from hawq_search.cli.errors import run_cli
 from hawq_search.cli.options import build_config, eval_options, model_options, search_options
 
@@ -139,6 +140,9 @@ def models() -> None:
     for name in list_models():
         spec = get_model_spec(name)
         click.echo(f"{name:20s} {spec.dataset:9s} {spec.num_classes:5d} classes")
+
+
+cli.add_command(cost_group)
 
 
 def main(args: list[str] | None = None) -> None:

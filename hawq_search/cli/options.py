@@ -166,6 +166,16 @@ search_options = _compose(
         type=float,
         help="ILP time limit in seconds.",
     ),
+    click.option(
+        "--accelerator", help="Built-in profile (hawq-search cost list) or a profile YAML path."
+    ),
+    click.option(
+        "--accel-batch", type=int, help="Batch the accelerator runs (default: profile's)."
+    ),
+    click.option(
+        "--latency-ms", type=float, help="Latency budget per batch on --accelerator (ms)."
+    ),
+    click.option("--energy-mj", type=float, help="Energy budget per batch on --accelerator (mJ)."),
 )
 
 eval_options = _compose(
@@ -183,6 +193,10 @@ def build_config(**kw) -> RunConfig:
         raise click.BadParameter("--batch-size must be >= 1")
     if kw.get("hessian_probes") is not None and kw["hessian_probes"] < 1:
         raise click.BadParameter("--hessian-probes must be >= 1")
+    if kw.get("accel_batch") is not None and kw["accel_batch"] < 1:
+        raise click.BadParameter("--accel-batch must be >= 1")
+    if kw.get("accel_batch") is not None and kw["accel_batch"] < 1:
+        raise click.BadParameter("--accel-batch must be >= 1")
     if kw.get("time_limit") is not None and not kw["time_limit"] > 0:
         raise click.BadParameter("--time-limit must be > 0")
     c = RunConfig()
@@ -207,6 +221,10 @@ def build_config(**kw) -> RunConfig:
         "sensitivity": "sensitivity",
         "hessian_probes": "hessian_probes",
         "time_limit": "time_limit_s",
+        "accelerator": "accelerator",
+        "accel_batch": "accel_batch",
+        "latency_ms": "latency_ms",
+        "energy_mj": "energy_mj",
     }
     for key, attr in mapping.items():
         if key in kw and kw[key] is not None:

@@ -30,6 +30,7 @@ class LayerInfo:
     macs: int
     act_group: str
     index: int = 0  # position in execution order
+    dilation: tuple[int, int] = (1, 1)
 
     @property
     def params_per_channel(self) -> int:
@@ -49,13 +50,16 @@ class LayerInfo:
     @classmethod
     def from_dict(cls, d: dict) -> LayerInfo:
         fields = dict(d)
-        for key in (
+        tuples = (
             "kernel_size",
             "stride",
             "padding",
             "input_shape",
             "output_shape",
             "weight_shape",
-        ):
-            fields[key] = tuple(fields[key])
+            "dilation",
+        )
+        for key in tuples:
+            if key in fields:
+                fields[key] = tuple(fields[key])
         return cls(**fields)

@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from hawq_search.exceptions import UnsupportedModelError
+from hawq_search.exceptions import UnsupportedLayerError, UnsupportedModelError
 from hawq_search.graph.layers import LayerInfo
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
@@ -64,12 +64,33 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def _resolve_padding(name: str, mod: nn.Conv2d) -> tuple[int, int]:
+    """Numeric (symmetric) padding of a conv, resolving ``"valid"`` and ``"same"``."""
+    if mod.padding == "valid":
+        return (0, 0)
+    if mod.padding == "same":
+        total = [
+            d * (k - 1) for d, k in zip(_pair(mod.dilation), _pair(mod.kernel_size), strict=True)
+        ]
+        if any(t % 2 for t in total):
+            raise UnsupportedLayerError(
+                f"layer {name}: padding='same' with an even kernel pads asymmetrically; give numeric padding"
+            )
+        return (total[0] // 2, total[1] // 2)
+    return _pair(mod.padding)
+
+
 def _layer_info(name: str, mod: nn.Module, x_shape, y_shape, group: str, index: int) -> LayerInfo:
     w = mod.weight
     params = w.numel()
     in_shape = tuple(int(s) for s in x_shape[1:])
     out_shape = tuple(int(s) for s in y_shape[1:])
     if isinstance(mod, nn.Conv2d):
+        if mod.padding_mode != "zeros":
+            raise UnsupportedLayerError(
+                f"layer {name} pads with {mod.padding_mode!r}; only zero padding is supported"
+            )
+        padding = _resolve_padding(name, mod)
         spatial = out_shape[-1] * out_shape[-2]
         macs = params * spatial
         return LayerInfo(
@@ -79,7 +100,7 @@ def _layer_info(name: str, mod: nn.Module, x_shape, y_shape, group: str, index: 
             out_channels=mod.out_channels,
             kernel_size=_pair(mod.kernel_size),
             stride=_pair(mod.stride),
-            padding=_pair(mod.padding) if not isinstance(mod.padding, str) else (0, 0),
+            padding=padding,
             groups=mod.groups,
             input_shape=in_shape,
             output_shape=out_shape,
@@ -89,6 +110,7 @@ def _layer_info(name: str, mod: nn.Module, x_shape, y_shape, group: str, index: 
             macs=macs,
             act_group=group,
             index=index,
+            dilation=_pair(mod.dilation),
         )
     positions = 1
     for s in out_shape[:-1]:

@@ -67,14 +67,19 @@ def quantize_per_channel(
     return torch.where(_broadcast(quantized, weight), q, weight)
 
 
-class _RoundSTE(torch.autograd.Function):
+class _ClampRoundSTE(torch.autograd.Function):
+    """``clamp(round(v), -qmax, qmax)`` with the gradient passed whole inside ``[-qmax, qmax]``
+    and zero outside (torch's clamp/minimum halve it on ties at the bounds)."""
+
     @staticmethod
-    def forward(ctx, x):  # noqa: D401
-        return torch.round(x)
+    def forward(ctx, v, qmax):
+        ctx.save_for_backward(v.abs() <= qmax)
+        return torch.clamp(torch.round(v), -qmax, qmax)
 
     @staticmethod
     def backward(ctx, g):
-        return g
+        (inside,) = ctx.saved_tensors
+        return g * inside, None
 
 
 def fake_quant_per_channel(
@@ -86,5 +91,5 @@ def fake_quant_per_channel(
     quantized = _broadcast(bits < 16, weight)
     qmax = _broadcast((2.0 ** (bits.clamp(max=16) - 1) - 1).to(weight.dtype), weight)
     s = _broadcast(scales.to(weight.dtype), weight)
-    q = torch.minimum(torch.maximum(_RoundSTE.apply(weight / s), -qmax), qmax) * s
+    q = _ClampRoundSTE.apply(weight / s, qmax) * s
     return torch.where(quantized, q, weight)

@@ -77,6 +77,7 @@ def per_sample_grads(
     kh, kw = layer.kernel_size
     sh, sw = layer.stride
     ph, pw = layer.padding
+    dh, dw = layer.dilation
     ho, wo = gy.shape[-2], gy.shape[-1]
     g = layer.groups
     cin_g, cout_g = x.shape[1] // g, layer.out_channels // g
@@ -85,7 +86,8 @@ def per_sample_grads(
     out = torch.empty(b * g, cout_g, cin_g, kh, kw, dtype=dtype)
     for i in range(kh):
         for j in range(kw):
-            tap = xp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+            r0, c0 = i * dh, j * dw
+            tap = xp[:, :, r0 : r0 + sh * (ho - 1) + 1 : sh, c0 : c0 + sw * (wo - 1) + 1 : sw]
             tap = tap.reshape(b * g, cin_g, ho * wo)
             out[:, :, :, i, j] = torch.bmm(gy, tap.transpose(1, 2))
     return out.reshape(b, layer.out_channels, cin_g * kh * kw).float()

@@ -1,0 +1,347 @@
+"""The exact ILP (HiGHS) against exhaustive search on many small random problems."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from hawq_search.graph.layers import LayerInfo
+from searches import (
+    BruteForceSearch,
+    IlpSearch,
+    Resource,
+    SearchProblem,
+    SearchStatus,
+    WeightGroup,
+    resource_range,
+)
+
+
+def _layer(name: str, cout: int, ppc: int, mpc: int, group: str, index: int) -> LayerInfo:
+    return LayerInfo(
+        name, "conv2d", 4, cout, (1, 1), (1, 1), (0, 0), 1, (4, 4, 4), (cout, 4, 4),
+        (cout, ppc, 1, 1), False, ppc * cout, mpc * cout, group, index,
+    )  # fmt: skip
+
+
+def random_problem(
+    rng: np.random.Generator,
+    *,
+    overhead: bool = True,
+    disallow: bool = True,
+    offset: float = 0.0,
+    loss_scale: float = 1.0,
+) -> SearchProblem:
+    """2-4 weight groups over 1-3 layers, 2-3 activation groups, 2-3 bit options each, a size
+    resource (per group), a BOPs-like pair resource and an overhead resource; no budgets yet."""
+    n_act = int(rng.integers(2, 4))
+    n_layers = int(rng.integers(max(1, n_act - 1), 4))
+    w_bits = tuple(sorted(rng.choice([2, 3, 4, 6, 8, 16], int(rng.integers(2, 4)), replace=False)))
+    a_bits = tuple(sorted(rng.choice([4, 6, 8, 32], int(rng.integers(2, 4)), replace=False)))
+    act_groups = [f"act{k}" for k in range(n_act)]
+    layers, groups = [], []
+    n_groups = int(rng.integers(max(2, n_layers), 5))
+    for i in range(n_layers):
+        cout = int(rng.integers(1, 5))
+        layers.append(
+            _layer(f"l{i}", cout, int(rng.integers(1, 30)), int(rng.integers(1, 200)),
+                   act_groups[i % n_act], i)
+        )  # fmt: skip
+    # Split channels into groups until there are n_groups (each layer at least one group).
+    per_layer = [1] * n_layers
+    for _ in range(n_groups - n_layers):
+        per_layer[int(rng.integers(0, n_layers))] += 1
+    for layer, k in zip(layers, per_layer, strict=True):
+        k = min(k, layer.out_channels)
+        cuts = np.linspace(0, layer.out_channels, k + 1).astype(int)
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+            loss = np.sort(rng.random(len(w_bits)))[::-1] * rng.choice([1e-3, 1.0, 30.0])
+            groups.append(WeightGroup(layer.name, (int(start), int(stop)),
+                                      (loss + offset) * loss_scale))  # fmt: skip
+    used_groups = sorted({layer.act_group for layer in layers}, key=act_groups.index)
+    act_loss = np.sort(rng.random((len(used_groups), len(a_bits))), axis=1)[:, ::-1] + offset
+    act_loss = act_loss * rng.choice([1e-3, 1.0]) * loss_scale
+    size = Resource(
+        "size",
+        "bytes",
+        None,
+        weight=np.array(
+            [
+                [
+                    g.count * (layers[int(g.layer[1:])].params_per_channel * b / 8 + 8)
+                    for b in w_bits
+                ]
+                for g in groups
+            ]
+        ),  # fmt: skip
+        slack=float(rng.choice([0.0, len(layers)])),
+    )
+    bops = Resource(
+        "bops",
+        "bit-ops",
+        None,
+        pair={
+            layer.name: layer.macs_per_channel * np.outer(w_bits, a_bits).astype(float)
+            for layer in layers
+        },
+        act=rng.random((len(used_groups), len(a_bits))) * 50,
+        constant=float(rng.random() * 100),
+    )
+    resources = [size, bops]
+    if overhead:
+        resources.append(
+            Resource(
+                "launches",
+                "us",
+                None,
+                overhead={layer.name: rng.random(len(w_bits)) * 20 for layer in layers},
+                weight=rng.random((len(groups), len(w_bits))),
+            )
+        )
+    w_allowed = a_allowed = None
+    if disallow:
+        w_allowed = rng.random((len(groups), len(w_bits))) > 0.25
+        w_allowed[np.arange(len(groups)), rng.integers(0, len(w_bits), len(groups))] = True
+        a_allowed = rng.random((len(used_groups), len(a_bits))) > 0.25
+        a_allowed[np.arange(len(used_groups)), rng.integers(0, len(a_bits), len(used_groups))] = (
+            True
+        )
+    return SearchProblem(
+        layers, w_bits, a_bits, groups, used_groups, act_loss, resources, w_allowed, a_allowed
+    )
+
+
+def all_costs(problem: SearchProblem) -> list[tuple[float, dict[str, float]]]:
+    """Objective and costs of every allowed plan, enumerated independently of the solvers."""
+    w_opts = [np.nonzero(r)[0] for r in problem.w_allowed]
+    a_opts = [np.nonzero(r)[0] for r in problem.a_allowed]
+    return [
+        problem.evaluate(np.array(w), np.array(a))
+        for w in itertools.product(*w_opts)
+        for a in itertools.product(*a_opts)
+    ]
+
+
+def set_random_budgets(problem: SearchProblem, rng: np.random.Generator) -> None:
+    plans = all_costs(problem)
+    for r in problem.resources:
+        if rng.random() < 0.3:
+            continue  # unbudgeted: reported only
+        values = np.array([c[r.name] for _, c in plans]) - r.slack
+        lo, hi = values.min(), values.max()
+        # Mostly between the extremes; sometimes below the minimum (infeasible).
+        r.budget = float(rng.uniform(lo - 0.05 * (hi - lo) - 1e-3, hi + 0.02 * (hi - lo))) + r.slack
+
+
+def _close(a: float, b: float, rel: float = 1e-9) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-300)
+
+
+# The formulation is checked with a zero MIP gap (then it must be exact); the default solver is
+# checked against its documented relative gap.
+EXACT = IlpSearch(mip_rel_gap=0.0)
+DEFAULT = IlpSearch()
+
+
+def _check_against_brute_force(problem: SearchProblem) -> SearchStatus:
+    ref = BruteForceSearch().solve(problem)
+    got = EXACT.solve(problem)
+    default = DEFAULT.solve(problem)
+    assert got.success == ref.success == default.success, (ref, got)
+    if not ref.success:
+        assert got.status is default.status is SearchStatus.INFEASIBLE
+        return got.status
+    assert got.status is SearchStatus.OPTIMAL
+    assert _close(got.objective, ref.objective), (got.objective, ref.objective)
+    assert default.objective >= ref.objective - 1e-12 * abs(ref.objective)
+    assert default.objective <= ref.objective + DEFAULT.mip_rel_gap * abs(ref.objective) * 1.01
+    # The solver's plan is allowed and meets every budget when recomputed directly.
+    assert np.all(problem.w_allowed[np.arange(len(got.w_choice)), got.w_choice])
+    assert np.all(problem.a_allowed[np.arange(len(got.a_choice)), got.a_choice])
+    obj, costs = problem.evaluate(got.w_choice, got.a_choice)
+    assert _close(obj, got.objective)
+    for r in problem.resources:
+        assert _close(costs[r.name], got.costs[r.name])
+        if r.budget is not None:
+            assert costs[r.name] <= r.budget - r.slack + 1e-7 * max(1.0, abs(r.budget))
+    return got.status
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ilp_equals_brute_force(seed):
+    rng = np.random.default_rng(1000 + seed)
+    statuses = []
+    for _ in range(25):
+        problem = random_problem(rng)
+        set_random_budgets(problem, rng)
+        statuses.append(_check_against_brute_force(problem))
+    # The random budgets exercise both outcomes.
+    assert SearchStatus.OPTIMAL in statuses
+
+
+def test_ilp_equals_brute_force_without_overheads_and_with_offsets():
+    rng = np.random.default_rng(7)
+    n_infeasible = 0
+    for _ in range(60):
+        problem = random_problem(rng, overhead=False, disallow=bool(rng.random() < 0.5),
+                                 offset=float(rng.choice([0.0, 5.0])))  # fmt: skip
+        set_random_budgets(problem, rng)
+        n_infeasible += _check_against_brute_force(problem) is SearchStatus.INFEASIBLE
+    assert 0 < n_infeasible < 60
+
+
+def test_single_activation_option_is_linear_in_weights():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        p = random_problem(rng, overhead=False)
+        keep = [0]
+        p.a_bits = tuple(p.a_bits[k] for k in keep)
+        p.act_loss = p.act_loss[:, keep]
+        p.a_allowed = np.ones((len(p.act_groups), 1), dtype=bool)
+        bops = p.resource("bops")
+        bops.pair = {k: v[:, keep] for k, v in bops.pair.items()}
+        bops.act = bops.act[:, keep]
+        set_random_budgets(p, rng)
+        _check_against_brute_force(p)
+
+
+def test_infeasible_size_budget_names_the_budget_and_minimum():
+    rng = np.random.default_rng(11)
+    problem = random_problem(rng, overhead=False, disallow=False)
+    lo, _ = resource_range(problem, "size")
+    size = problem.resource("size")
+    size.budget = lo + size.slack - 1.0
+    result = IlpSearch().solve(problem)
+    assert result.status is SearchStatus.INFEASIBLE
+    assert not result.success
+    assert "size budget" in result.message
+    assert f"{lo:.6g}" in result.message
+    assert "bops" not in result.message
+    assert BruteForceSearch().solve(problem).status is SearchStatus.INFEASIBLE
+
+
+def test_budgets_feasible_alone_but_not_together():
+    # Two layers, two options: small-size options have high BOPs and vice versa.
+    layers = [_layer("a", 1, 10, 10, "g", 0), _layer("b", 1, 10, 10, "g", 1)]
+    groups = [WeightGroup("a", (0, 1), np.array([1.0, 0.0])),
+              WeightGroup("b", (0, 1), np.array([1.0, 0.0]))]  # fmt: skip
+    size = Resource("size", "B", 2.5, weight=np.array([[1.0, 2.0], [1.0, 2.0]]))
+    speed = Resource("lat", "s", 2.5, weight=np.array([[2.0, 1.0], [2.0, 1.0]]))
+    p = SearchProblem(layers, (2, 8), (8,), groups, ["g"], np.zeros((1, 1)), [size, speed])
+    result = IlpSearch().solve(p)
+    assert result.status is SearchStatus.INFEASIBLE
+    assert "not together" in result.message
+    assert BruteForceSearch().solve(p).status is SearchStatus.INFEASIBLE
+
+
+def test_infeasible_bops_budget_names_bops():
+    rng = np.random.default_rng(5)
+    problem = random_problem(rng, overhead=False, disallow=False)
+    lo, _ = resource_range(problem, "bops")
+    problem.resource("bops").budget = lo * 0.5
+    result = IlpSearch().solve(problem)
+    assert result.status is SearchStatus.INFEASIBLE
+    assert result.message.startswith("bops budget")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_resource_range_matches_brute_force(seed):
+    rng = np.random.default_rng(500 + seed)
+    for _ in range(15):
+        problem = random_problem(rng, overhead=False)
+        plans = all_costs(problem)
+        for r in problem.resources:
+            values = [c[r.name] for _, c in plans]
+            lo, hi = resource_range(problem, r.name)
+            assert _close(lo, min(values), 1e-9), (r.name, lo, min(values))
+            assert _close(hi, max(values), 1e-9), (r.name, hi, max(values))
+
+
+def test_resource_range_minimum_with_overheads_matches_brute_force():
+    rng = np.random.default_rng(77)
+    for _ in range(20):
+        problem = random_problem(rng)
+        values = [c["launches"] for _, c in all_costs(problem)]
+        lo, _ = resource_range(problem, "launches")
+        assert _close(lo, min(values), 1e-9)
+
+
+def test_resource_range_maximum_with_overheads_matches_brute_force():
+    rng = np.random.default_rng(77)
+    for _ in range(20):
+        problem = random_problem(rng)
+        values = [c["launches"] for _, c in all_costs(problem)]
+        _, hi = resource_range(problem, "launches")
+        assert _close(hi, max(values), 1e-9), (hi, max(values))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_objective_scaling_does_not_change_the_argmin(seed):
+    """Sensitivities are ~1e-12..1e-3: scaling all losses must not change the chosen plan."""
+    for k in range(10):
+        rng = np.random.default_rng(900 + 10 * seed + k)
+        problem = random_problem(rng, overhead=False, disallow=False)
+        set_random_budgets(problem, rng)
+        for r in problem.resources:
+            if r.budget is not None and r.budget - r.slack < min(
+                c[r.name] for _, c in all_costs(problem)
+            ):
+                r.budget = None  # keep it feasible
+        rng2 = np.random.default_rng(900 + 10 * seed + k)
+        tiny = random_problem(rng2, overhead=False, disallow=False, loss_scale=1e-12)
+        for r, rt in zip(problem.resources, tiny.resources, strict=True):
+            rt.budget = r.budget
+        ref = EXACT.solve(problem)
+        got = EXACT.solve(tiny)
+        bf = BruteForceSearch().solve(problem)
+        if not bf.success:  # the budgets cannot be met together
+            assert ref.status is got.status is SearchStatus.INFEASIBLE
+            continue
+        assert ref.success and got.success
+        assert _close(ref.objective, bf.objective)
+        assert _close(got.objective * 1e12, bf.objective, 1e-6)
+        assert _close(got.objective * 1e12, ref.objective, 1e-6)
+        assert np.array_equal(got.w_choice, ref.w_choice)
+        assert np.array_equal(got.a_choice, ref.a_choice)
+        assert got.stats["objective_scale"] == pytest.approx(ref.stats["objective_scale"] * 1e12)
+
+
+def test_all_zero_losses_are_solved():
+    rng = np.random.default_rng(2)
+    problem = random_problem(rng, overhead=False, loss_scale=0.0)
+    result = IlpSearch().solve(problem)
+    assert result.status is SearchStatus.OPTIMAL and result.objective == 0.0
+
+
+def _offset_problem(base: float) -> SearchProblem:
+    rng = np.random.default_rng(4)
+    w_bits = (2, 3, 4, 8)
+    layers = [_layer(f"l{i}", 1, int(rng.integers(5, 50)), 1, "a", i) for i in range(60)]
+    groups = [
+        WeightGroup(layer.name, (0, 1), base + np.sort(rng.random(4))[::-1] * rng.random())
+        for layer in layers
+    ]
+    cost = np.array([[layer.params_per_channel * b / 8 for b in w_bits] for layer in layers])
+    budget = float(rng.uniform(cost.min(1).sum(), cost.max(1).sum()))
+    size = Resource("size", "bytes", budget, weight=cost)
+    return SearchProblem(layers, w_bits, (8,), groups, ["a"], np.zeros((1, 1)), [size])
+
+
+def test_constant_loss_offset_does_not_change_the_plan():
+    plain = IlpSearch().solve(_offset_problem(0.0))
+    shifted = IlpSearch().solve(_offset_problem(1e3))
+    assert plain.success and shifted.success
+    assert _close(shifted.objective - 60 * 1e3, plain.objective, 1e-6)
+
+
+def test_brute_force_is_exact_at_tiny_loss_scales():
+    for k in range(10):
+        rng = np.random.default_rng(900 + k)
+        problem = random_problem(rng, overhead=False, disallow=False)
+        tiny = random_problem(np.random.default_rng(900 + k), overhead=False, disallow=False,
+                              loss_scale=1e-12)  # fmt: skip
+        ref = BruteForceSearch().solve(problem)
+        got = BruteForceSearch().solve(tiny)
+        assert _close(got.objective * 1e12, ref.objective, 1e-6)

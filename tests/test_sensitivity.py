@@ -1,0 +1,318 @@
+"""Per-sample gradients against autograd, Fisher / Hessian sensitivity tables, the table file
+format and the Session's sensitivity cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_data, tiny_net
+from scipy.stats import spearmanr
+from torch import nn
+
+from hawq_search.exceptions import UnsupportedLayerError
+from hawq_search.graph.trace import trace_model
+from hawq_search.models.registry import LoadedModel
+from hawq_search.models.weights import Preprocess
+from hawq_search.pipeline import RunConfig, Session
+from hawq_search.quant.weight import quantize_per_channel
+from hawq_search.sensitivity import (
+    SensitivityTable,
+    act_clips,
+    collect_act_stats,
+    fisher_sensitivity,
+    hessian_sensitivity,
+    per_sample_grads,
+    weight_deltas,
+)
+
+W_BITS = (2, 3, 4, 8, 16)
+A_BITS = (4, 8, 32)
+
+
+def _autograd_per_sample(layer_module: nn.Module, x: torch.Tensor, gy: torch.Tensor):
+    out = []
+    for n in range(x.shape[0]):
+        y = layer_module(x[n : n + 1])
+        (g,) = torch.autograd.grad(y, layer_module.weight, gy[n : n + 1])
+        out.append(g.reshape(g.shape[0], -1))
+    return torch.stack(out)
+
+
+CONVS = {
+    "3x3": dict(in_channels=3, out_channels=5, kernel_size=3, padding=1),
+    "stride2": dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1),
+    "stride2-odd": dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=0),
+    "groups": dict(in_channels=6, out_channels=9, kernel_size=3, padding=1, groups=3),
+    "depthwise": dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, groups=8),
+    "depthwise-mult": dict(in_channels=4, out_channels=8, kernel_size=5, padding=2, groups=4),
+    "1x1": dict(in_channels=7, out_channels=3, kernel_size=1),
+    "1x1-stride2": dict(in_channels=4, out_channels=3, kernel_size=1, stride=2),
+    "nonsquare": dict(in_channels=3, out_channels=4, kernel_size=(3, 1), padding=(1, 0)),
+    "nonsquare-stride": dict(
+        in_channels=3, out_channels=4, kernel_size=(1, 5), stride=(2, 1), padding=(0, 2)
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(CONVS))
+def test_per_sample_grads_conv_equals_autograd(name, dtype):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**CONVS[name], bias=True)
+    h, w = 9, 11
+    layer = trace_model(nn.Sequential(conv), torch.zeros(1, conv.in_channels, h, w)).layers[0]
+    x = torch.randn(4, conv.in_channels, h, w)
+    gy = torch.randn(4, *layer.output_shape)
+    got = per_sample_grads(layer, x, gy, dtype)
+    ref = _autograd_per_sample(conv, x, gy)
+    assert got.shape == (4, conv.out_channels, conv.weight[0].numel())
+    assert got.dtype == torch.float32
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(got, ref, atol=tol * ref.abs().max(), rtol=tol)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 5)])
+def test_per_sample_grads_linear_equals_autograd(shape):
+    torch.manual_seed(1)
+    lin = nn.Linear(5, 7)
+    layer = trace_model(nn.Sequential(lin), torch.zeros(1, *shape)).layers[0]
+    x = torch.randn(4, *shape)
+    gy = torch.randn(4, *shape[:-1], 7)
+    got = per_sample_grads(layer, x, gy)
+    ref = _autograd_per_sample(lin, x, gy)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(dilation=2, padding=2), dict(padding="same"), dict(padding=1, dilation=(1, 2), stride=2)],
+    ids=["dilation", "same", "mixed-dilation-stride"],
+)
+def test_per_sample_grads_unusual_convs(kw):
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 4, 3, **kw)
+    layer = trace_model(nn.Sequential(conv), torch.zeros(1, 3, 8, 8)).layers[0]
+    x = torch.randn(2, 3, 8, 8)
+    gy = torch.randn(2, *layer.output_shape)
+    assert torch.allclose(
+        per_sample_grads(layer, x, gy), _autograd_per_sample(conv, x, gy), atol=1e-4
+    )
+
+
+def test_non_zero_padding_modes_are_rejected_at_trace_time():
+    conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(UnsupportedLayerError, match="reflect"):
+        trace_model(nn.Sequential(conv), torch.zeros(1, 3, 8, 8))
+
+
+def test_weight_deltas():
+    w = torch.randn(6, 2, 3, 3)
+    d = weight_deltas(w, (2, 8, 16, 32))
+    assert d.shape == (4, 6, 18)
+    assert torch.all(d[2] == 0) and torch.all(d[3] == 0)
+    assert (d[0] ** 2).sum() > (d[1] ** 2).sum() > 0
+    s = torch.ones(6)
+    assert not torch.equal(quantize_per_channel(w.reshape(6, -1), torch.full((6,), 2), s), w)
+
+
+# ---- Fisher tables ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_net()
+    data = synthetic_data(64)
+    graph = trace_model(model, torch.zeros(1, 3, 16, 16))
+    stats = collect_act_stats(model, graph, data)
+    clips = act_clips(stats, tuple(b for b in A_BITS if b < 16))
+    signed = {g: s.signed for g, s in stats.items()}
+    return model, graph, data, clips, signed
+
+
+def _table(setup, method="fisher", fast=True, seed=0):
+    model, graph, data, clips, signed = setup
+    return fisher_sensitivity(
+        model, graph, data, W_BITS, A_BITS, clips, signed,
+        method=method, batch_size=32, fast=fast, seed=seed,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tables(setup):
+    return {
+        m: _table(setup, m) for m in ("fisher", "empirical-fisher", "fisher-diag", "sampled-fisher")
+    }
+
+
+def test_collect_act_stats_groups_and_signs(setup):
+    _, graph, _, clips, signed = setup
+    assert set(clips) == set(graph.act_groups)
+    first = graph.layers[0].act_group
+    assert signed[first]  # the normalised image is signed
+    assert not signed[graph.by_name["dw"].act_group]  # a ReLU output
+    for per_bits in clips.values():
+        assert set(per_bits) == {4, 8} and all(v > 0 for v in per_bits.values())
+
+
+@pytest.mark.parametrize("method", ["fisher", "empirical-fisher", "fisher-diag", "sampled-fisher"])
+def test_fisher_table_shape_sign_and_unquantized_zero(setup, tables, method):
+    _, graph, data, _, _ = setup
+    t = tables[method]
+    assert t.method == method and t.w_bits == W_BITS and t.a_bits == A_BITS
+    assert t.meta["samples"] == len(data)
+    assert set(t.weight) == {layer.name for layer in graph.layers}
+    assert set(t.act) == set(graph.act_groups)
+    for layer in graph.layers:
+        w = t.weight[layer.name]
+        assert w.shape == (layer.out_channels, len(W_BITS))
+        assert np.all(np.isfinite(w)) and np.all(w >= 0)
+        assert np.all(w[:, W_BITS.index(16)] == 0)
+        assert w[:, 0].sum() > 0
+    for a in t.act.values():
+        assert a.shape == (len(A_BITS),)
+        assert np.all(np.isfinite(a)) and np.all(a >= 0)
+        assert a[A_BITS.index(32)] == 0 and a[0] > a[1] > 0
+
+
+@pytest.mark.parametrize("method", ["fisher", "empirical-fisher", "fisher-diag", "sampled-fisher"])
+def test_fisher_loss_decreases_with_bits(setup, tables, method):
+    _, graph, _, _, _ = setup
+    t = tables[method]
+    quant = [i for i, b in enumerate(W_BITS) if b < 16]
+    totals = sum(t.layer_loss(layer.name) for layer in graph.layers)
+    assert np.all(np.diff(totals[quant]) <= 0)
+    for layer in graph.layers:
+        loss = t.layer_loss(layer.name)[quant]
+        # The fewest bits cost most and the most bits cost least in every layer; in between
+        # the estimate may wobble for a few-weight channel (a depthwise 3x3 has 9).
+        assert loss[0] == loss.max() and loss[-1] == loss.min()
+        assert loss[0] > loss[-1]
+    # Averaged over layers, each extra bit lowers the normalised loss.
+    norm = np.mean(
+        [t.layer_loss(layer.name)[quant] / t.layer_loss(layer.name)[0] for layer in graph.layers],
+        axis=0,
+    )
+    assert np.all(np.diff(norm) < 0)
+
+
+def test_fast_bf16_agrees_with_float32(setup, tables):
+    fast = tables["fisher"]
+    exact = _table(setup, "fisher", fast=False)
+    assert fast.meta["bf16"] and not exact.meta["bf16"]
+    quant = [i for i, b in enumerate(W_BITS) if b < 16]
+    a = np.concatenate([fast.weight[k][:, quant].ravel() for k in sorted(fast.weight)])
+    b = np.concatenate([exact.weight[k][:, quant].ravel() for k in sorted(exact.weight)])
+    assert spearmanr(a, b).correlation > 0.95
+    assert np.allclose(a.sum(), b.sum(), rtol=0.05)
+
+
+def test_fisher_layer_totals_equal_sampled_fisher_totals(setup, tables):
+    _, graph, _, _, _ = setup
+    f, s = tables["fisher"], tables["sampled-fisher"]
+    for layer in graph.layers:
+        assert np.allclose(f.layer_loss(layer.name), s.layer_loss(layer.name), rtol=1e-4, atol=0)
+        # ...but distributed over channels like the diagonal estimate.
+        assert not np.allclose(f.weight[layer.name], s.weight[layer.name])
+    for g in graph.act_groups:
+        assert np.allclose(f.act[g], s.act[g], rtol=1e-6)
+
+
+def test_sampled_labels_depend_on_the_seed(setup, tables):
+    other = _table(setup, "sampled-fisher", seed=1)
+    ref = tables["sampled-fisher"]
+    assert not np.allclose(other.weight["fc"], ref.weight["fc"])
+    again = _table(setup, "sampled-fisher", seed=0)
+    assert all(np.array_equal(again.weight[k], ref.weight[k]) for k in ref.weight)
+
+
+def test_fisher_leaves_model_untouched(setup):
+    model, *_ = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    req = [p.requires_grad for p in model.parameters()]
+    model.train()
+    _table(setup, "fisher-diag")
+    assert model.training
+    assert [p.requires_grad for p in model.parameters()] == req
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+
+
+def test_unknown_method(setup):
+    with pytest.raises(ValueError, match="method must be one of"):
+        _table(setup, "kfac")
+
+
+def test_hessian_sensitivity_on_tinynet(setup, tables):
+    model, graph, data, _, _ = setup
+    t = hessian_sensitivity(
+        model, graph, data, W_BITS, A_BITS, act_table=tables["fisher"], max_probes=3,
+        batch_size=32, seed=0,
+    )  # fmt: skip
+    assert t.method == "hessian" and t.meta["probes"] == 3
+    assert set(t.meta["traces"]) == {layer.name for layer in graph.layers}
+    for layer in graph.layers:
+        w = t.weight[layer.name]
+        assert w.shape == (layer.out_channels, len(W_BITS))
+        assert np.all(np.isfinite(w)) and np.all(w >= 0)
+        assert np.all(w[:, W_BITS.index(16)] == 0)
+    assert all(np.array_equal(t.act[g], tables["fisher"].act[g]) for g in graph.act_groups)
+    no_act = hessian_sensitivity(model, graph, data, W_BITS, A_BITS, max_probes=1, batch_size=16)
+    assert all(np.all(v == 0) for v in no_act.act.values())
+
+
+def test_table_save_load_round_trip(tables, tmp_path):
+    t = tables["fisher"]
+    t.meta["note"] = "x"
+    path = tmp_path / "t.npz"
+    t.save(path)
+    u = SensitivityTable.load(path)
+    assert (u.method, u.w_bits, u.a_bits) == (t.method, t.w_bits, t.a_bits)
+    assert u.meta == t.meta
+    assert set(u.weight) == set(t.weight) and set(u.act) == set(t.act)
+    assert all(np.array_equal(u.weight[k], t.weight[k]) for k in t.weight)
+    assert all(np.array_equal(u.act[k], t.act[k]) for k in t.act)
+    assert np.array_equal(u.layer_loss("fc"), t.layer_loss("fc"))
+    assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]
+
+
+# ---- Session cache ------------------------------------------------------------------------
+
+
+def _session(out, **kw) -> Session:
+    config = RunConfig(model="tests:tiny", out=str(out), wbits=(2, 4, 8), abits=(8,),
+                       batch_size=32, progress=False, **kw)  # fmt: skip
+    s = Session(config)
+    pre = Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 16, 16))
+    s._loaded = LoadedModel(tiny_net(), "tests:tiny", pre, 10, None, None)
+    s._calib = synthetic_data(48)
+    return s
+
+
+def test_session_caches_sensitivity(tmp_path):
+    first = _session(tmp_path).sensitivity()
+    assert not first.meta.get("cached")
+    files = list(tmp_path.glob("sensitivity-fisher-*.npz"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    second = _session(tmp_path).sensitivity()
+    assert second.meta["cached"] is True
+    assert all(np.array_equal(first.weight[k], second.weight[k]) for k in first.weight)
+    assert files[0].stat().st_mtime_ns == mtime
+    # A different method, seed or bit set gets its own entry.
+    _session(tmp_path).sensitivity("fisher-diag")
+    s3 = _session(tmp_path)
+    s3.config.wbits = (2, 8)
+    assert not s3.sensitivity().meta.get("cached")
+    assert len(list(tmp_path.glob("sensitivity-*.npz"))) == 3
+
+
+def test_session_hessian_reuses_fisher_for_activations(tmp_path):
+    s = _session(tmp_path, hessian_probes=2)
+    t = s.sensitivity("hessian")
+    assert t.method == "hessian"
+    assert len(list(tmp_path.glob("sensitivity-fisher-*.npz"))) == 1
+    fisher = _session(tmp_path, hessian_probes=2).sensitivity("fisher")
+    assert fisher.meta["cached"]
+    assert all(np.array_equal(t.act[g], fisher.act[g]) for g in t.act)
