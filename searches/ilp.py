@@ -20,6 +20,9 @@ range is about 1e3: HiGHS's absolute tolerances otherwise make it stop at once a
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 
 import numpy as np
@@ -30,6 +33,26 @@ from searches.problem import SearchProblem
 from searches.result import SearchResult, SearchStatus
 
 __all__ = ["IlpSearch", "resource_range"]
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence HiGHS's C++ diagnostics (printed on file descriptor 1 even with disp=False)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured stdout: nothing to silence
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
 
 _OBJECTIVE_RANGE = 1e3
 
@@ -228,7 +251,8 @@ def resource_range(problem: SearchProblem, name: str) -> tuple[float, float]:
     cons = b.constraint([])
     out = []
     for sign in (1.0, -1.0):
-        res = milp(sign * c, integrality=integrality, bounds=bounds, constraints=cons)
+        with _quiet_stdout():
+            res = milp(sign * c, integrality=integrality, bounds=bounds, constraints=cons)
         if res.x is None:
             out.append(float("nan"))
             continue
@@ -263,13 +287,18 @@ class IlpSearch:
         bounds, integrality = b.bounds_and_integrality()
         cons = b.constraint(extra)
         build_s = time.perf_counter() - t0
-        res = milp(
-            c * scale,
-            integrality=integrality,
-            bounds=bounds,
-            constraints=cons,
-            options={"time_limit": self.time_limit, "mip_rel_gap": self.mip_rel_gap, "disp": False},
-        )
+        with _quiet_stdout():
+            res = milp(
+                c * scale,
+                integrality=integrality,
+                bounds=bounds,
+                constraints=cons,
+                options={
+                    "time_limit": self.time_limit,
+                    "mip_rel_gap": self.mip_rel_gap,
+                    "disp": False,
+                },
+            )
         solve_s = time.perf_counter() - t0 - build_s
         stats = {
             "solver": "scipy.optimize.milp (HiGHS)",
