@@ -326,7 +326,7 @@ class Session:
         for attempt in range(1, 9):  # noqa: B007 - reported after the loop
             result = solver.solve(problem)
             if result.status is SearchStatus.INFEASIBLE:
-                raise InfeasibleBudgetError(result.message)
+                raise InfeasibleBudgetError(self._joint_infeasibility(problem, targets))
             if not result.success:
                 raise RuntimeError(f"search failed: {result.message}")
             plan = self._plan_from_choice(problem, table, result)
@@ -350,6 +350,35 @@ class Session:
             )
         plan.provenance["repricing_rounds"] = attempt
         return plan, result
+
+    def _joint_infeasibility(self, problem, targets: dict) -> str:
+        """Name every budget taking part when each is reachable alone but not all together."""
+        c = self.config
+        values = {
+            "size": c.budget_mb * 1e6 if c.budget_mb is not None else None,
+            "bops": c.bops,
+            "latency": targets["latency"],
+            "energy": targets["energy"],
+        }
+        parts, lows = [], []
+        for r in problem.resources:
+            if values.get(r.name) is None:
+                continue
+            if r.name == "size":
+                low = self._uniform_bytes(min(problem.w_bits))
+            else:
+                low = resource_range(problem, r.name)[0]
+            parts.append(f"{_budget_label(r.name)} {_fmt(r.name, values[r.name])}")
+            lows.append(_fmt(r.name, low))
+        if len(parts) == 1:
+            return (
+                f"no plan meets {parts[0]} once each layer's exact cost is counted (smallest "
+                f"reachable alone: {lows[0]}): relax it"
+            )
+        return (
+            f"no plan meets {' and '.join(parts)} together (each alone is reachable; smallest: "
+            f"{', '.join(lows)}): relax one of them"
+        )
 
     def check_budgets(self) -> None:
         """Fail fast on infeasible budgets and warn on non-binding ones, before any sensitivity
