@@ -9,6 +9,22 @@ import click
 from hawq_search.cli.options import parse_bits
 
 
+def _graph_of(model: str):
+    """Traced graph of a model's architecture (costs need shapes, not weights)."""
+    import torch
+
+    from hawq_search.graph.trace import trace_model
+    from hawq_search.models.registry import create_model, get_model_spec
+
+    if ":" in model:
+        loaded = create_model(model, pretrained=False)
+        net, size = loaded.model, loaded.preprocess.input_size
+    else:
+        spec = get_model_spec(model)
+        net, size = spec.builder(num_classes=spec.num_classes), spec.preprocess.input_size
+    return trace_model(net.eval(), torch.zeros(1, *size))
+
+
 @click.group()
 def cost() -> None:
     """Accelerator cost models: built-in profiles, user profiles and measured tables."""
@@ -39,21 +55,10 @@ def list_() -> None:
 @click.option("--accel-batch", type=int, help="Override the profile's batch.")
 def show(accelerator: str, model: str, wbits, abits, accel_batch) -> None:
     """Per-layer latency over weight bit options, totals, and what bounds each layer."""
-    import torch
-
     from cost_models.registry import load_accelerator
-    from hawq_search.graph.trace import trace_model
-    from hawq_search.models.registry import create_model, get_model_spec
 
     cm = load_accelerator(accelerator, batch=accel_batch)
-    spec = get_model_spec(model) if ":" not in model else None
-    net = (
-        spec.builder(num_classes=spec.num_classes)
-        if spec
-        else create_model(model, pretrained=False).model
-    )
-    size = spec.preprocess.input_size if spec else (3, 32, 32)
-    graph = trace_model(net.eval(), torch.zeros(1, *size))
+    graph = _graph_of(model)
     a = abits[0]
     click.echo(f"{cm.name} (batch {cm.batch}), {model}: latency in us per batch at a_bits={a}")
     click.echo(
@@ -118,22 +123,11 @@ def check(path: str) -> None:
 def profile(model: str, out: str, repeats: int, batch: int, threads) -> None:
     """Time every layer of MODEL on this CPU (fp32, and int8 where a quantized backend runs) and
     write a profile YAML plus cost table usable with --accelerator."""
-    import torch
-
     from cost_models.measure import profile_local_cpu
-    from hawq_search.graph.trace import trace_model
-    from hawq_search.models.registry import create_model, get_model_spec
 
     if repeats < 1 or batch < 1:
         raise click.BadParameter("--repeats and --batch must be >= 1")
-    spec = get_model_spec(model) if ":" not in model else None
-    net = (
-        spec.builder(num_classes=spec.num_classes)
-        if spec
-        else create_model(model, pretrained=False).model
-    )
-    size = spec.preprocess.input_size if spec else (3, 32, 32)
-    graph = trace_model(net.eval(), torch.zeros(1, *size))
+    graph = _graph_of(model)
     path = profile_local_cpu(graph.layers, out, repeats=repeats, batch=batch, threads=threads)
     click.echo(
         f"wrote {path} and its cost table ({len(graph.layers)} layers); use --accelerator {path}"

@@ -52,6 +52,17 @@ class QuantLayer:
     w_scale: torch.Tensor
     act_quant: ActQuantizer | None
 
+    @classmethod
+    def from_float(cls, layer: nn.Module, bits: torch.Tensor, act: ActQuantizer | None):
+        """Wrap ``layer``'s own parameters (shared, not copied) in the fake-quant subclass."""
+        q = cls.__new__(cls)
+        q.__dict__ = layer.__dict__.copy()
+        q._parameters = dict(layer._parameters)
+        q._buffers = dict(layer._buffers)
+        q._modules = dict(layer._modules)
+        q._init_quant(bits, act)
+        return q
+
     def _init_quant(self, bits: torch.Tensor, act: ActQuantizer | None) -> None:
         self.register_buffer("w_bits", bits.to(torch.int64).clone())
         self.register_buffer("w_scale", mse_scales_for_bits(self.weight.detach(), self.w_bits))
@@ -65,34 +76,10 @@ class QuantLayer:
 
 
 class QuantConv2d(QuantLayer, nn.Conv2d):
-    @classmethod
-    def from_float(
-        cls, conv: nn.Conv2d, bits: torch.Tensor, act: ActQuantizer | None
-    ) -> QuantConv2d:
-        q = cls.__new__(cls)
-        q.__dict__ = conv.__dict__.copy()
-        q._parameters = dict(conv._parameters)
-        q._buffers = dict(conv._buffers)
-        q._modules = dict(conv._modules)
-        q._init_quant(bits, act)
-        return q
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self._quant_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantLinear(QuantLayer, nn.Linear):
-    @classmethod
-    def from_float(
-        cls, linear: nn.Linear, bits: torch.Tensor, act: ActQuantizer | None
-    ) -> QuantLinear:
-        q = cls.__new__(cls)
-        q.__dict__ = linear.__dict__.copy()
-        q._parameters = dict(linear._parameters)
-        q._buffers = dict(linear._buffers)
-        q._modules = dict(linear._modules)
-        q._init_quant(bits, act)
-        return q
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._quant_input(x), self.quantized_weight(), self.bias)
