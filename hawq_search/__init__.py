@@ -8,8 +8,24 @@ with :func:`apply_plan`, ready for PTQ evaluation or the user's own training loo
 __version__ = "0.1.0"
 
 from hawq_search.exceptions import HawqSearchError, UserInputError  # noqa: E402
-from hawq_search.models import create_model, list_models  # noqa: E402
-from hawq_search.plan import Plan, apply_plan  # noqa: E402
+
+_LAZY = {
+    "create_model": "hawq_search.models",
+    "list_models": "hawq_search.models",
+    "Plan": "hawq_search.plan",
+    "apply_plan": "hawq_search.plan",
+}
+
+
+def __getattr__(name: str):
+    # Imported on first use: cost_models imports hawq_search.graph, and an eager import of
+    # hawq_search.plan here (which imports cost_models) would make that a cycle.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hawq_search' has no attribute {name!r}")
+
 
 __all__ = [
     "HawqSearchError",

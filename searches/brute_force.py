@@ -29,7 +29,8 @@ class BruteForceSearch:
             for a in itertools.product(*a_opts):
                 obj, costs = problem.evaluate(np.array(w), np.array(a))
                 if any(
-                    r.budget is not None and costs[r.name] > r.budget - r.slack + 1e-9
+                    r.budget is not None
+                    and costs[r.name] > (r.budget - r.slack) * (1 + 1e-9) + 1e-300
                     for r in problem.resources
                 ):
                     continue

@@ -55,6 +55,9 @@ def _quiet_stdout():
 
 
 _OBJECTIVE_RANGE = 1e3
+# Layers with more weight groups than this link their overhead indicators with one aggregated
+# row per option instead of one row per group (a ResNet-50 would otherwise add 165k rows).
+_STRONG_LINK_GROUPS = 64
 
 
 class _Builder:
@@ -150,8 +153,16 @@ class _Builder:
         for name, z0 in self.z0.items():
             groups = self.groups_by_layer[name]
             for i in range(self.nw):
-                for k in groups:  # z >= x: a used option pays its overhead
-                    self.add([self.xi(k, i), z0 + i], [1.0, -1.0], -np.inf, 0.0)
+                if len(groups) <= _STRONG_LINK_GROUPS:
+                    for k in groups:  # z >= x: a used option pays its overhead
+                        self.add([self.xi(k, i), z0 + i], [1.0, -1.0], -np.inf, 0.0)
+                else:  # one aggregated row per option: same integer solutions, far fewer rows
+                    self.add(
+                        [self.xi(k, i) for k in groups] + [z0 + i],
+                        [1.0] * len(groups) + [-float(len(groups))],
+                        -np.inf,
+                        0.0,
+                    )
                 # z <= sum_k x: an unused option pays none (keeps maxima in resource_range true)
                 self.add(
                     [z0 + i] + [self.xi(k, i) for k in groups],
@@ -258,6 +269,7 @@ def resource_range(problem: SearchProblem, name: str) -> tuple[float, float]:
     b = _Builder(problem, [r])
     b.structural_rows()
     c = b.resource_coefficients(r)
+    c = c / max(float(np.abs(c).max()), 1e-300)  # seconds or joules sit below HiGHS's tolerances
     bounds, integrality = b.bounds_and_integrality()
     cons = b.constraint([])
     out = []
@@ -299,7 +311,9 @@ class IlpSearch:
         budget), so the remaining MILP is tiny while HiGHS on the full model spends most of its
         time in presolve and heuristics over >100k binaries.
         """
-        lp = _milp(c, np.zeros_like(integrality), bounds, cons, self.time_limit / 2, self.mip_rel_gap)
+        lp = _milp(
+            c, np.zeros_like(integrality), bounds, cons, self.time_limit / 2, self.mip_rel_gap
+        )
         if lp.status != 0 or lp.x is None:
             return None, None
         p = b.p

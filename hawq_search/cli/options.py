@@ -195,8 +195,6 @@ def build_config(**kw) -> RunConfig:
         raise click.BadParameter("--hessian-probes must be >= 1")
     if kw.get("accel_batch") is not None and kw["accel_batch"] < 1:
         raise click.BadParameter("--accel-batch must be >= 1")
-    if kw.get("accel_batch") is not None and kw["accel_batch"] < 1:
-        raise click.BadParameter("--accel-batch must be >= 1")
     if kw.get("time_limit") is not None and not kw["time_limit"] > 0:
         raise click.BadParameter("--time-limit must be > 0")
     c = RunConfig()
