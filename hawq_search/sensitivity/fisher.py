@@ -21,8 +21,11 @@ layer's channels in proportion to ``fisher-diag`` (two backward passes per batch
 True labels give the *empirical* Fisher; sampled labels draw each sample's label from the model's own softmax, a Monte-Carlo estimate of the true Fisher, which
 equals the Gauss-Newton approximation of the Hessian for cross-entropy. A well-trained model
 fits its training labels, so empirical-Fisher gradients are dominated by the few misfit samples;
-the sampled-label Fisher does not have that bias (Kunstner et al., NeurIPS 2019) and ranks
-measured loss increases markedly better (benchmarks/results/sensitivity_fidelity.md).
+the sampled-label Fisher does not have that bias (Kunstner et al., NeurIPS 2019). Measured on
+ResNet-20 (benchmarks/results/sensitivity_fidelity.md), its layer totals rank the measured loss
+increases on the calibration images at Spearman 0.890, against 0.872 for the empirical block
+Fisher, 0.846 for the diagonal and 0.860 for Hutchinson traces; on held-out images all four fall
+to 0.74-0.78.
 
 Activation sensitivities use the same estimator on the gradient w.r.t. each quantizer's output,
 ``0.5 * mean_n (g_n · (Q_b(x_n) - x_n))²`` (block) or its diagonal.
