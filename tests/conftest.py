@@ -71,3 +71,43 @@ def _has_real() -> bool:
 requires_shared = pytest.mark.skipif(
     not _has_real(), reason=f"real CIFAR-10 data and weights not found under {SHARED}"
 )
+
+
+def write_user_env(root: Path, module: str, n_train: int, n_test: int) -> dict:
+    """A user model module (TinyNet with a ``tiny`` factory) named ``module``, its checkpoint
+    and a 10-class ImageFolder of 16x16 PNGs under ``root``; ``root`` goes on sys.path (undo
+    with :func:`remove_user_env`)."""
+    import inspect
+    import sys
+    import textwrap
+
+    from PIL import Image
+
+    source = "import torch\nfrom torch import nn\n\n\n" + textwrap.dedent(
+        inspect.getsource(TinyNet)
+    )
+    source += (
+        "\n\ndef tiny(num_classes=10):\n    torch.manual_seed(0)\n    return TinyNet(num_classes)\n"
+    )
+    (root / f"{module}.py").write_text(source)
+    torch.manual_seed(1)
+    ckpt = root / "tiny.pt"
+    torch.save(TinyNet().state_dict(), ckpt)
+    data = root / "data"
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k in range(10):
+            d = data / split / f"class{k}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                px = torch.full((16, 16, 3), 20.0 * k) + torch.rand(16, 16, 3, generator=gen) * 55
+                Image.fromarray(px.clamp(0, 255).to(torch.uint8).numpy()).save(d / f"{i}.png")
+    sys.path.insert(0, str(root))
+    return {"root": root, "ckpt": ckpt, "data": data}
+
+
+def remove_user_env(env: dict, module: str) -> None:
+    import sys
+
+    sys.path.remove(str(env["root"]))
+    sys.modules.pop(module, None)

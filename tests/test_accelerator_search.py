@@ -7,21 +7,17 @@ padding and per-group overheads; infeasible budgets give one clear line; the ``c
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import itertools
 import math
 import re
-import sys
-import textwrap
 import warnings
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet, synthetic_data, tiny_net
-from PIL import Image
+from conftest import remove_user_env, synthetic_data, tiny_net, write_user_env
 from torch import nn
 
 from cost_models.base import Cost, CostModel, weight_bytes_of
@@ -449,30 +445,9 @@ def base_args(env, out, *extra) -> list:
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory):
     """A user model module (TinyNet), its checkpoint and an ImageFolder of 16x16 PNGs."""
-    root = tmp_path_factory.mktemp("cli-accel")
-    source = "import torch\nfrom torch import nn\n\n\n" + textwrap.dedent(
-        inspect.getsource(TinyNet)
-    )
-    source += (
-        "\n\ndef tiny(num_classes=10):\n    torch.manual_seed(0)\n    return TinyNet(num_classes)\n"
-    )
-    (root / f"{USER_MODULE}.py").write_text(source)
-    torch.manual_seed(1)
-    ckpt = root / "tiny.pt"
-    torch.save(TinyNet().state_dict(), ckpt)
-    data = root / "data"
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 2), ("test", 2)):
-        for k in range(10):
-            d = data / split / f"class{k}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                px = torch.full((16, 16, 3), 20.0 * k) + torch.rand(16, 16, 3, generator=gen) * 55
-                Image.fromarray(px.clamp(0, 255).to(torch.uint8).numpy()).save(d / f"{i}.png")
-    sys.path.insert(0, str(root))
-    yield {"root": root, "ckpt": ckpt, "data": data}
-    sys.path.remove(str(root))
-    sys.modules.pop(USER_MODULE, None)
+    env = write_user_env(tmp_path_factory.mktemp("cli-accel"), USER_MODULE, 2, 2)
+    yield env
+    remove_user_env(env, USER_MODULE)
 
 
 def test_cost_list_names_every_profile():

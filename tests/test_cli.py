@@ -5,16 +5,12 @@ user model file) and a tiny ImageFolder data set written to a temporary director
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import json
-import sys
-import textwrap
 
 import pytest
 import torch
-from conftest import TinyNet
-from PIL import Image
+from conftest import remove_user_env, write_user_env
 
 from hawq_search.cli.errors import run_cli
 from hawq_search.cli.main import cli
@@ -40,31 +36,9 @@ def invoke(args: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A user model module, its checkpoint and an ImageFolder data set of 16x16 PNGs."""
-    root = tmp_path_factory.mktemp("cli")
-    source = "import torch\nfrom torch import nn\n\n\n" + textwrap.dedent(
-        inspect.getsource(TinyNet)
-    )
-    source += (
-        "\n\ndef tiny(num_classes=10):\n    torch.manual_seed(0)\n    return TinyNet(num_classes)\n"
-    )
-    (root / f"{USER_MODULE}.py").write_text(source)
-    torch.manual_seed(1)
-    ckpt = root / "tiny.pt"
-    torch.save(TinyNet().state_dict(), ckpt)
-    data = root / "data"
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 4), ("test", 3)):
-        for k, cls in enumerate(CLASSES):
-            d = data / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                base = torch.full((16, 16, 3), 20.0 * k)
-                px = (base + torch.rand(16, 16, 3, generator=gen) * 55).clamp(0, 255)
-                Image.fromarray(px.to(torch.uint8).numpy()).save(d / f"{i}.png")
-    sys.path.insert(0, str(root))
-    yield {"root": root, "ckpt": ckpt, "data": data}
-    sys.path.remove(str(root))
-    sys.modules.pop(USER_MODULE, None)
+    env = write_user_env(tmp_path_factory.mktemp("cli"), USER_MODULE, 4, 3)
+    yield env
+    remove_user_env(env, USER_MODULE)
 
 
 def base_args(env, out, *extra) -> list:
