@@ -125,23 +125,28 @@ def solve_case(graph, table, granularity, size_budget, bops_budget, repeats) -> 
     }
 
 
+def resnet56_session(abits: tuple[int, ...], tmp: Path) -> Session:
+    """The ResNet-56 session both parts use; its run directory caches the sensitivity table."""
+    return Session(
+        RunConfig(
+            model="resnet56",
+            weights_dir=str(WEIGHTS),
+            dataset="imagefolder",
+            data_dir=str(LOSSLESS),
+            calib_size=512,
+            seed=0,
+            abits=abits,
+            out=str(tmp / f"r56-a{'-'.join(map(str, abits))}"),
+            progress=False,
+        )
+    )
+
+
 def resnet56_cases(args, tmp: Path) -> list[dict]:
     out = []
     grans = ["channel"] if args.quick else ["channel", "group:8", "layer"]
     for abits in ((8,), (4, 8)):
-        session = Session(
-            RunConfig(
-                model="resnet56",
-                weights_dir=str(WEIGHTS),
-                dataset="imagefolder",
-                data_dir=str(LOSSLESS),
-                calib_size=512,
-                seed=0,
-                abits=abits,
-                out=str(tmp / f"r56-a{'-'.join(map(str, abits))}"),
-                progress=False,
-            )
-        )
+        session = resnet56_session(abits, tmp)
         table = session.sensitivity("fisher")
         graph = session.graph
         bops = 0.6 * w8a8_bops(graph)
@@ -289,19 +294,7 @@ def main() -> None:
     data: dict = {"args": vars(args)}
     session_tables = {}
     for abits in () if args.only_resnet50 else ((8,), (4, 8)):
-        s = Session(
-            RunConfig(
-                model="resnet56",
-                weights_dir=str(WEIGHTS),
-                dataset="imagefolder",
-                data_dir=str(LOSSLESS),
-                calib_size=512,
-                seed=0,
-                abits=abits,
-                out=str(tmp / f"r56-a{'-'.join(map(str, abits))}"),
-                progress=False,
-            )
-        )
+        s = resnet56_session(abits, tmp)
         session_tables[abits] = s.sensitivity("fisher")  # cached in tmp for resnet56_cases
     data["idle"] = idle_record(timeout_s=args.idle_timeout)
     cases = [] if args.only_resnet50 else resnet56_cases(args, tmp)

@@ -156,8 +156,7 @@ class Session:
             c = self.config
             pre = None
             if c.mean is not None:
-                base = Preprocess(mean=tuple(c.mean), std=tuple(c.std))
-                pre = base
+                pre = Preprocess(mean=tuple(c.mean), std=tuple(c.std))
             elif ":" in c.model:
                 mean, std = _dataset_stats(self.dataset_name(None))
                 pre = Preprocess(mean=mean, std=std)

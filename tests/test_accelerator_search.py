@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import remove_user_env, synthetic_data, tiny_net, write_user_env
+from conftest import remove_user_env, tiny_session, write_user_env
 from torch import nn
 
 from cost_models.base import Cost, CostModel, weight_bytes_of
@@ -26,31 +26,19 @@ from hawq_search.cli.errors import run_cli
 from hawq_search.cli.main import cli
 from hawq_search.exceptions import InfeasibleBudgetError, UserInputError
 from hawq_search.graph.trace import trace_model
-from hawq_search.models.registry import LoadedModel
-from hawq_search.models.weights import Preprocess
 from hawq_search.pipeline import RunConfig, Session
 from hawq_search.plan import Plan
 from hawq_search.problem import build_problem
 from hawq_search.sensitivity.table import SensitivityTable
 from searches import BruteForceSearch, IlpSearch, SearchStatus, resource_range
 
-PRE = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(3, 16, 16))
 WBITS = (2, 3, 4, 8)
 ABITS = (4, 8)
 PROFILES = list_accelerators()
 
 
 def make_session(out, **kw) -> Session:
-    """A Session over TinyNet and synthetic data (lazily loaded inputs set directly)."""
-    config = RunConfig(
-        model="tests:tiny", out=str(out), wbits=WBITS, abits=ABITS, calib_size=64,
-        batch_size=32, progress=False, **kw,
-    )  # fmt: skip
-    session = Session(config)
-    session._loaded = LoadedModel(tiny_net(), "tests:tiny", PRE, 10, None, None)
-    session._calib = synthetic_data(64, seed=0)
-    session._eval = synthetic_data(32, seed=1)
-    return session
+    return tiny_session(out, wbits=WBITS, abits=ABITS, **kw)
 
 
 @pytest.fixture(scope="module")

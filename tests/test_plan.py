@@ -9,33 +9,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet, synthetic_data, tiny_net
+from conftest import TinyNet, synthetic_data, tiny_net, tiny_session
 from torch import nn
 
 from hawq_search.exceptions import PlanMismatchError, PlanVersionError, UserInputError
 from hawq_search.graph.layers import LayerInfo
-from hawq_search.models.registry import LoadedModel
-from hawq_search.models.weights import Preprocess
-from hawq_search.pipeline import RunConfig, Session
+from hawq_search.pipeline import Session
 from hawq_search.plan import SCHEMA_VERSION, Plan, apply_plan
 from hawq_search.problem import build_problem
 from hawq_search.quant.modules import ActQuantizer, QuantConv2d, QuantLinear
 from searches import IlpSearch, SearchStatus, resource_range
 
-PRE = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(3, 16, 16))
-
 
 def make_session(out, *, wbits=(2, 4, 8), abits=(8,), seed=0) -> Session:
-    """A Session over TinyNet and synthetic data (its lazily loaded inputs set directly)."""
-    config = RunConfig(
-        model="tests:tiny", out=str(out), wbits=wbits, abits=abits, calib_size=64,
-        batch_size=32, progress=False, seed=seed,
-    )  # fmt: skip
-    session = Session(config)
-    session._loaded = LoadedModel(tiny_net(), "tests:tiny", PRE, 10, None, None)
-    session._calib = synthetic_data(64, seed=0)
-    session._eval = synthetic_data(32, seed=1)
-    return session
+    return tiny_session(out, wbits=wbits, abits=abits, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +367,7 @@ def test_random_bops_and_size_budgets_are_met(bops_session):
             )
             assert result.status is SearchStatus.INFEASIBLE
             continue
-        mine = count_bops(s.model, plan, PRE.input_size)
+        mine = count_bops(s.model, plan, s.loaded.preprocess.input_size)
         assert mine <= bops
         assert plan.recompute_totals()["bops"] == mine
         assert plan.totals["bytes"] == count_bytes(s.model, plan)
