@@ -132,6 +132,16 @@ class AnalyticModel(CostModel):
         """Processing units that ``per_unit_cycle`` energy charges per busy cycle."""
         return 1
 
+    def kernel_key(self, layer: LayerInfo, w_bits: int, a_bits: int) -> tuple:
+        """The executed pair, its rate and the storage containers: everything the cost depends
+        on besides the channel count, so equal keys mean equal costs and one shared kernel."""
+        return (
+            self.snap(w_bits, a_bits),
+            self.rate_factor(w_bits, a_bits),
+            self.storage_bits(w_bits),
+            self.storage_bits(a_bits),
+        )
+
     # -- shared parts ------------------------------------------------------------------------
     def storage_bits(self, bits: int) -> int:
         """Bits a value occupies in memory: the smallest container >= bits (dense if none)."""

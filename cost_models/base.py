@@ -18,8 +18,7 @@ Units and scope of a :class:`Cost` (one layer, or one sub-kernel of a layer):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 
 from cost_models.size import channel_bits_cost, layer_weight_bytes
@@ -116,9 +115,10 @@ def weight_bytes_of(layer: LayerInfo, w_bits: int, n: int) -> float:
 class CostModel(ABC):
     """Prices one layer at one (w_bits, a_bits); bits 16 and 32 mean unquantized (float).
 
-    Per-channel mixed plans are priced as one sub-kernel per bit-width group:
-    ``layer_cost(layer, w, a, out_channels=n)`` is the whole cost of a kernel computing ``n`` of
-    the layer's output channels, *including* one :meth:`group_overhead`. Costs are
+    Per-channel mixed plans are priced as one sub-kernel per *executed* precision: channels
+    whose :meth:`kernel_key` is equal run in one kernel (an int8-only NPU runs W2..W8 channels
+    together). ``layer_cost(layer, w, a, out_channels=n)`` is the whole cost of a kernel computing
+    ``n`` of the layer's output channels, *including* one :meth:`group_overhead`. Costs are
     non-decreasing in ``w_bits`` and in ``a_bits``.
     """
 
@@ -131,6 +131,16 @@ class CostModel(ABC):
         self, layer: LayerInfo, w_bits: int, a_bits: int, *, out_channels: int | None = None
     ) -> Cost:
         """Cost of ``layer`` (or of a sub-kernel with ``out_channels`` channels) at these bits."""
+
+    def kernel_key(self, layer: LayerInfo, w_bits: int, a_bits: int) -> Hashable:
+        """Which kernel runs channels at ``(w_bits, a_bits)``: equal keys share one sub-kernel.
+
+        Models whose hardware snaps bits (fixed pairs, containers) override this so that, e.g.,
+        W2 and W8 channels on int8 hardware pay one overhead and one tile padding, not two. The
+        default, one kernel per nominal weight bit-width, is right for hardware that runs every
+        bit-width at its own speed.
+        """
+        return (w_bits, a_bits)
 
     def group_overhead(self, layer: LayerInfo) -> Cost:
         """Fixed cost every sub-kernel pays regardless of its width (launch, pipeline fill).
@@ -165,21 +175,37 @@ class CostModel(ABC):
         )
 
     def plan_cost(self, layer: LayerInfo, channel_bits: Sequence[int], a_bits: int) -> Cost:
-        """Exact cost of a per-channel plan: one sub-kernel per bit-width group.
+        """Exact cost of a per-channel plan: one sub-kernel per executed precision.
 
-        ``weight_bytes`` is the exact ``layer_weight_bytes`` of the whole plan.
+        Channels with equal :meth:`kernel_key` form one sub-kernel, priced at the widest nominal
+        bits among them (equal keys normally mean equal costs; the widest is the safe choice when
+        a measured table says otherwise). ``weight_bytes`` is the exact ``layer_weight_bytes`` and
+        ``bops`` the exact sum over channels.
         """
         if len(channel_bits) != layer.out_channels:
             raise ValueError(
                 f"{layer.name}: {len(channel_bits)} channel bit-widths for "
                 f"{layer.out_channels} channels"
             )
-        groups = Counter(channel_bits)
+        kernels: dict[Hashable, list[int]] = {}
+        for b in channel_bits:
+            kernels.setdefault(self.kernel_key(layer, b, a_bits), []).append(b)
         total = sum(
-            (self.layer_cost(layer, b, a_bits, out_channels=n) for b, n in sorted(groups.items())),
+            (
+                self.layer_cost(layer, max(bits), a_bits, out_channels=len(bits))
+                for bits in kernels.values()
+            ),
             Cost.zero(),
         )
-        return replace(total, weight_bytes=float(layer_weight_bytes(layer, channel_bits)))
+        return replace(
+            total,
+            weight_bytes=float(layer_weight_bytes(layer, channel_bits)),
+            bops=float(layer.macs_per_channel * sum(channel_bits) * a_bits),
+        )
+
+    def kernel_groups(self, layer: LayerInfo, channel_bits: Sequence[int], a_bits: int) -> int:
+        """Number of sub-kernels :meth:`plan_cost` charges for this plan."""
+        return len({self.kernel_key(layer, b, a_bits) for b in channel_bits})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, batch={self.batch})"

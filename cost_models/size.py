@@ -36,8 +36,8 @@ __all__ = [
 def channel_bits_cost(layer: LayerInfo, bits: int) -> float:
     """Bytes one output channel costs at ``bits``, before the per-layer rounding up to whole bytes.
 
-    Linear in the channel count, so the ILP can use it directly; the per-layer ``ceil`` adds at
-    most one byte per layer, which the ILP reserves from the budget.
+    Linear in the channel count, so the ILP can use it directly; the per-layer ``ceil`` (< 1
+    byte) is modelled exactly by one integer per layer (``Resource.round_up``).
     """
     meta = BIAS_BYTES if bits in UNQUANTIZED_BITS else SCALE_BYTES + BIAS_BYTES
     return layer.params_per_channel * bits / 8 + meta

@@ -324,6 +324,11 @@ class TableCostModel(CostModel):
     def group_overhead(self, layer: LayerInfo) -> Cost:
         return self.analytic.group_overhead(layer)
 
+    def kernel_key(self, layer: LayerInfo, w_bits: int, a_bits: int) -> tuple:
+        """The hardware's executed precision; bilinear tables price every bit-width on its own."""
+        key = self.analytic.kernel_key(layer, w_bits, a_bits)
+        return (key, w_bits) if self.interpolation == "bilinear" else (key,)
+
     def channel_quantum(self, layer: LayerInfo) -> int:
         return self.analytic.channel_quantum(layer)
 

@@ -117,8 +117,8 @@ class Plan:
         return self.totals
 
     def price(self, cost_model) -> dict:
-        """Per-layer and total latency/energy under ``cost_model`` (one sub-kernel per bit-width
-        group, exact tile padding), recorded in the plan; returns the totals."""
+        """Per-layer and total latency/energy under ``cost_model`` (one sub-kernel per executed
+        precision, exact tile padding), recorded in the plan; returns the totals."""
         latency = energy = 0.0
         extrapolated = []
         for lp in self.layers:
@@ -128,6 +128,7 @@ class Plan:
                 "energy_j": c.energy_j,
                 "bound": c.bound,
                 "extrapolated": c.extrapolated,
+                "sub_kernels": cost_model.kernel_groups(lp.info, lp.w_bits, lp.a_bits),
             }
             latency += c.latency_s
             energy += c.energy_j

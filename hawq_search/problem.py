@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from cost_models.base import CostModel
-from cost_models.size import channel_bits_cost
+from cost_models.size import UNQUANTIZED_BITS, channel_bits_cost
 from hawq_search.exceptions import UserInputError
+from hawq_search.graph.layers import LayerInfo
 from hawq_search.graph.trace import ModelGraph
 from hawq_search.sensitivity.table import SensitivityTable
 from searches.problem import Resource, SearchProblem, WeightGroup
@@ -46,9 +47,10 @@ def build_problem(
     (their budget may be None, then they are only reported), plus ``latency`` (s) and ``energy``
     (J) under ``cost_model`` when one is given.
 
-    Per-channel plans on an accelerator are costed as one sub-kernel per bit-width group: each
-    channel adds ``cost_model.per_channel_cost`` at its (weight, activation) bits and each used
-    bit-width adds one ``cost_model.group_overhead`` (an indicator variable in the ILP). That is
+    Per-channel plans on an accelerator are costed as one sub-kernel per executed precision (weight
+    options with equal ``cost_model.kernel_key`` form one class): each class pays its tiles of
+    ``channel_quantum`` channels and one ``cost_model.group_overhead`` (an indicator variable in
+    the ILP). That is
     exact for whole layers; for mixed layers the caller re-prices the plan exactly with
     ``cost_model.plan_cost`` (which pads sub-kernels to the array's tiles).
     """
@@ -89,13 +91,15 @@ def build_problem(
         "bytes",
         size_budget_bytes,
         weight=np.array(size_rows),
-        # A layer rounds its packed bits up to whole bytes: < 1 byte, and none when every option
-        # packs whole bytes (params per channel a multiple of 8, as in most convolutions).
-        slack=float(
-            sum(
-                1 for layer in graph.layers if any(layer.params_per_channel * b % 8 for b in w_bits)
+        # A layer rounds its packed bits up to whole bytes: exact with one integer per layer
+        # whose options do not all pack whole bytes (none in most convolutions).
+        round_up={
+            layer.name: np.array(
+                [0.0 if b in UNQUANTIZED_BITS else layer.params_per_channel * b / 8 for b in w_bits]
             )
-        ),
+            for layer in graph.layers
+            if any(layer.params_per_channel * b % 8 for b in w_bits if b not in UNQUANTIZED_BITS)
+        },
     )
     bops = Resource(
         "bops",
@@ -137,7 +141,7 @@ def accelerator_resources(
 ) -> list[Resource]:
     """Latency and energy resources: a cost per tile of ``channel_quantum`` output channels per
     (w, a) pair, plus one overhead per used bit-width group."""
-    lat_pair, en_pair, lat_ovh, en_ovh, quantum = {}, {}, {}, {}, {}
+    lat_pair, en_pair, lat_ovh, en_ovh, quantum, classes = {}, {}, {}, {}, {}, {}
     for layer in graph.layers:
         q = max(1, min(int(cost_model.channel_quantum(layer)), layer.out_channels))
         units = -(-layer.out_channels // q)
@@ -151,13 +155,36 @@ def accelerator_resources(
                 lat[i, j] = max(c.latency_s - over.latency_s, 0.0) / units
                 en[i, j] = max(c.energy_j - over.energy_j, 0.0) / units
         lat_pair[layer.name], en_pair[layer.name], quantum[layer.name] = lat, en, q
+        classes[layer.name] = kernel_classes(cost_model, layer, w_bits, a_bits, lat, en)
         if over.latency_s > 0:
             lat_ovh[layer.name] = np.full(len(w_bits), over.latency_s)
         if over.energy_j > 0:
             en_ovh[layer.name] = np.full(len(w_bits), over.energy_j)
+    common = {"quantum": quantum, "classes": classes}
     return [
-        Resource(
-            "latency", "s", latency_budget_s, pair=lat_pair, overhead=lat_ovh, quantum=quantum
-        ),
-        Resource("energy", "J", energy_budget_j, pair=en_pair, overhead=en_ovh, quantum=quantum),
+        Resource("latency", "s", latency_budget_s, pair=lat_pair, overhead=lat_ovh, **common),
+        Resource("energy", "J", energy_budget_j, pair=en_pair, overhead=en_ovh, **common),
     ]
+
+
+def kernel_classes(
+    cost_model: CostModel,
+    layer: LayerInfo,
+    w_bits: tuple[int, ...],
+    a_bits: tuple[int, ...],
+    lat: np.ndarray,
+    en: np.ndarray,
+) -> tuple[int, ...]:
+    """Class id per weight option: options that run in one kernel under every activation option
+    (equal ``kernel_key``) and cost the same per tile share tiles and one overhead, as in
+    ``CostModel.plan_cost``. Requiring both keeps the ILP's cost exact or above it."""
+    ids: dict[tuple, int] = {}
+    out = []
+    for i, wb in enumerate(w_bits):
+        sig = (
+            tuple(cost_model.kernel_key(layer, wb, ab) for ab in a_bits),
+            tuple(lat[i]),
+            tuple(en[i]),
+        )
+        out.append(ids.setdefault(sig, len(ids)))
+    return tuple(out)

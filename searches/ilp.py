@@ -12,6 +12,8 @@ Formulation (one-hot, a multiple-choice knapsack with side constraints):
 * A resource may count a layer's channels in tiles of ``q`` (an accelerator's output-channel
   array width): integer ``t[l, i] = ceil(n[l, i] / q)`` (``n <= q t <= n + q - 1``) replaces ``n[l, i]`` in its costs, so a
   sub-kernel of 3 channels pays for a whole tile, as the hardware does.
+* A resource that rounds a per-layer sum up to whole units (bytes of packed bits) gets an
+  integer ``r[l]`` with ``0 <= r - sum < 1``, so a size budget is exact to the byte.
 * Per-group overheads use indicators ``z[l, i] >= x[g, i]`` for every group ``g`` of ``l``.
 
 The objective (predicted loss increase, values around 1e-9..1e-3) is scaled so that its total
@@ -75,29 +77,49 @@ class _Builder:
         self.groups_by_layer: dict[str, list[int]] = {}
         for k, g in enumerate(p.weight_groups):
             self.groups_by_layer.setdefault(g.layer, []).append(k)
-        # Count units of a layer's pair costs: channels (quantum 1) or tiles of q channels,
-        # t[l, i] = ceil(n[l, i] / q) as an integer variable with q * t >= n.
-        keys = {(name, r.quantum.get(name, 1)) for r in active for name in r.pair}
-        self.count_keys = sorted(keys, key=lambda k: (self._order(k[0]), k[1]))
-        self.t0: dict[tuple[str, int], int] = {}
-        self.u0: dict[tuple[str, int], int] = {}
+        # Count units of a layer's pair costs per kernel class: channels (quantum 1) or tiles of
+        # q channels, t[l, c] = ceil(n[l, c] / q) as an integer variable with q * t >= n.
+        keys = {
+            (name, r.quantum.get(name, 1), r.classes_of(name, nw))
+            for r in active
+            for name in r.pair
+        }
+        self.count_keys = sorted(keys, key=lambda k: (self._order(k[0]), k[1], k[2]))
+        self.t0: dict[tuple, int] = {}
+        self.u0: dict[tuple, int] = {}
         for key in self.count_keys:
+            nc = self.n_classes(key)
             if key[1] > 1:
                 self.t0[key] = n
-                n += nw
-            if na > 1:  # pair costs need the (weight option, activation option) linearisation
+                n += nc
+            if na > 1:  # pair costs need the (weight class, activation option) linearisation
                 self.u0[key] = n
-                n += nw * na
-        ovh_layers = sorted({name for r in active for name in r.overhead}, key=self._order)
-        self.z0: dict[str, int] = {}
-        for name in ovh_layers:
-            self.z0[name] = n
-            n += nw
+                n += nc * na
+        ovh_keys = {(name, r.classes_of(name, nw)) for r in active for name in r.overhead}
+        self.z0: dict[tuple, int] = {}
+        for key in sorted(ovh_keys, key=lambda k: (self._order(k[0]), k[1])):
+            self.z0[key] = n
+            n += self.n_classes(key)
+        # Whole units of a rounded-up per-layer sum: integer r[l] with 0 <= r - sum < 1.
+        round_keys = {(name, tuple(v)) for r in active for name, v in r.round_up.items()}
+        self.r0: dict[tuple, int] = {}
+        for key in sorted(round_keys, key=lambda k: (self._order(k[0]), k[1])):
+            self.r0[key] = n
+            n += 1
         self.n = n
         self.rows: list[tuple[list[int], list[float], float, float]] = []
 
     def _order(self, name: str) -> int:
         return self.p.layer_by_name[name].index
+
+    @staticmethod
+    def n_classes(key: tuple) -> int:
+        return max(key[-1]) + 1
+
+    @staticmethod
+    def members(key: tuple, c: int) -> list[int]:
+        """Weight options of class ``c``."""
+        return [i for i, ci in enumerate(key[-1]) if ci == c]
 
     def xi(self, g: int, i: int) -> int:
         return self.x0 + g * self.nw + i
@@ -111,18 +133,29 @@ class _Builder:
     def channels(self, name: str) -> int:
         return sum(self.p.weight_groups[k].count for k in self.groups_by_layer[name])
 
-    def cap(self, key: tuple[str, int]) -> int:
-        """Largest number of count units of one option of layer ``key[0]``."""
+    def cap(self, key: tuple) -> int:
+        """Largest number of count units of one class of layer ``key[0]``."""
         return -(-self.channels(key[0]) // key[1])
 
-    def count_expr(self, key: tuple[str, int], i: int) -> tuple[list[int], list[float]]:
-        """Columns and coefficients of the count units of option ``i`` of a layer."""
-        if key[1] > 1:
-            return [self.t0[key] + i], [1.0]
+    def channel_expr(self, name: str, options: list[int]) -> tuple[list[int], list[float]]:
+        """Columns and coefficients of the channels of layer ``name`` at any of ``options``."""
+        groups = self.groups_by_layer[name]
+        cols = [self.xi(k, i) for k in groups for i in options]
+        vals = [float(self.p.weight_groups[k].count) for k in groups for _ in options]
+        return cols, vals
+
+    def round_expr(self, key: tuple) -> tuple[list[int], list[float]]:
+        """The per-layer sum that ``Resource.round_up`` rounds up, over the x columns."""
         groups = self.groups_by_layer[key[0]]
-        return [self.xi(k, i) for k in groups], [
-            float(self.p.weight_groups[k].count) for k in groups
-        ]
+        cols = [self.xi(k, i) for k in groups for i in range(self.nw)]
+        vals = [self.p.weight_groups[k].count * key[1][i] for k in groups for i in range(self.nw)]
+        return cols, vals
+
+    def count_expr(self, key: tuple, c: int) -> tuple[list[int], list[float]]:
+        """Columns and coefficients of the count units of class ``c`` of a layer."""
+        if key[1] > 1:
+            return [self.t0[key] + c], [1.0]
+        return self.channel_expr(key[0], self.members(key, c))
 
     def structural_rows(self) -> None:
         p = self.p
@@ -131,45 +164,50 @@ class _Builder:
         for a in range(len(p.act_groups)):
             self.add([self.yi(a, j) for j in range(self.na)], [1.0] * self.na, 1.0, 1.0)
         for key, t0 in self.t0.items():
-            name, q = key
-            groups = self.groups_by_layer[name]
-            for i in range(self.nw):  # n <= q * t <= n + q - 1, i.e. t = ceil(n / q)
-                cols = [t0 + i] + [self.xi(k, i) for k in groups]
-                vals = [float(q)] + [-float(p.weight_groups[k].count) for k in groups]
-                self.add(cols, vals, 0.0, float(q - 1))
+            q = key[1]
+            for c in range(self.n_classes(key)):  # n <= q * t <= n + q - 1, i.e. t = ceil(n / q)
+                cols, vals = self.channel_expr(key[0], self.members(key, c))
+                self.add([t0 + c] + cols, [float(q)] + [-v for v in vals], 0.0, float(q - 1))
         for key, u0 in self.u0.items():
             a = p.act_index[p.layer_by_name[key[0]].act_group]
             cap = float(self.cap(key))
-            for i in range(self.nw):
-                cols, vals = self.count_expr(key, i)
+            for c in range(self.n_classes(key)):
+                cols, vals = self.count_expr(key, c)
                 self.add(
-                    [u0 + i * self.na + j for j in range(self.na)] + cols,
+                    [u0 + c * self.na + j for j in range(self.na)] + cols,
                     [1.0] * self.na + [-v for v in vals],
                     0.0,
                     0.0,
                 )
                 for j in range(self.na):
-                    self.add([u0 + i * self.na + j, self.yi(a, j)], [1.0, -cap], -np.inf, 0.0)
-        for name, z0 in self.z0.items():
-            groups = self.groups_by_layer[name]
-            for i in range(self.nw):
+                    self.add([u0 + c * self.na + j, self.yi(a, j)], [1.0, -cap], -np.inf, 0.0)
+        for key, r0 in self.r0.items():
+            cols, vals = self.round_expr(key)
+            # r - sum <= 1 - 1e-3, not 1 - eps: HiGHS's 1e-7 tolerances; sums of packed bits / 8
+            # have fractional parts in multiples of 1/8, so no ceil is cut off.
+            self.add([r0] + cols, [1.0] + [-v for v in vals], 0.0, 1.0 - 1e-3)
+        for key, z0 in self.z0.items():
+            groups = self.groups_by_layer[key[0]]
+            for c in range(self.n_classes(key)):
+                opts = self.members(key, c)
                 if len(groups) <= _STRONG_LINK_GROUPS:
-                    for k in groups:  # z >= x: a used option pays its overhead
-                        self.add([self.xi(k, i), z0 + i], [1.0, -1.0], -np.inf, 0.0)
-                else:  # one aggregated row per option: same integer solutions, far fewer rows
+                    for k in groups:  # z >= sum of x over the class: a used class pays its overhead
+                        self.add(
+                            [self.xi(k, i) for i in opts] + [z0 + c],
+                            [1.0] * len(opts) + [-1.0],
+                            -np.inf,
+                            0.0,
+                        )
+                else:  # one aggregated row per class: same integer solutions, far fewer rows
                     self.add(
-                        [self.xi(k, i) for k in groups] + [z0 + i],
-                        [1.0] * len(groups) + [-float(len(groups))],
+                        [self.xi(k, i) for k in groups for i in opts] + [z0 + c],
+                        [1.0] * (len(groups) * len(opts)) + [-float(len(groups))],
                         -np.inf,
                         0.0,
                     )
-                # z <= sum_k x: an unused option pays none (keeps maxima in resource_range true)
-                self.add(
-                    [z0 + i] + [self.xi(k, i) for k in groups],
-                    [1.0] + [-1.0] * len(groups),
-                    -np.inf,
-                    0.0,
-                )
+                # z <= sum of x: an unused class pays none (keeps maxima in resource_range true)
+                xs = [self.xi(k, i) for k in groups for i in opts]
+                self.add([z0 + c] + xs, [1.0] + [-1.0] * len(xs), -np.inf, 0.0)
 
     def resource_coefficients(self, r) -> np.ndarray:
         p = self.p
@@ -181,15 +219,24 @@ class _Builder:
                 -1
             )
         for name, per_unit in r.pair.items():
-            key = (name, r.quantum.get(name, 1))
+            key = (name, r.quantum.get(name, 1), r.classes_of(name, self.nw))
+            reps = [self.members(key, c)[0] for c in range(self.n_classes(key))]
             if key in self.u0:
-                c[self.u0[key] : self.u0[key] + self.nw * self.na] += per_unit.reshape(-1)
+                u0 = self.u0[key]
+                c[u0 : u0 + len(reps) * self.na] += per_unit[reps].reshape(-1)
             else:  # a single activation option: the cost is linear in the counts
-                for i in range(self.nw):
-                    cols, vals = self.count_expr(key, i)
-                    c[cols] += per_unit[i, 0] * np.asarray(vals)
+                for cl, rep in enumerate(reps):
+                    cols, vals = self.count_expr(key, cl)
+                    np.add.at(c, cols, per_unit[rep, 0] * np.asarray(vals))
+        for name, amounts in r.round_up.items():  # + ceil(sum) - sum
+            key = (name, tuple(amounts))
+            cols, vals = self.round_expr(key)
+            c[self.r0[key]] += 1.0
+            np.add.at(c, cols, -np.asarray(vals))
         for name, ovh in r.overhead.items():
-            c[self.z0[name] : self.z0[name] + self.nw] += ovh
+            key = (name, r.classes_of(name, self.nw))
+            reps = [self.members(key, cl)[0] for cl in range(self.n_classes(key))]
+            c[self.z0[key] : self.z0[key] + len(reps)] += np.asarray(ovh)[reps]
         return c
 
     def objective(self) -> tuple[np.ndarray, float]:
@@ -219,10 +266,13 @@ class _Builder:
         hi[self.y0 : self.y0 + len(p.act_groups) * self.na] = p.a_allowed.reshape(-1).astype(float)
         integrality = np.ones(self.n)
         for key, t0 in self.t0.items():
-            hi[t0 : t0 + self.nw] = self.cap(key)
+            hi[t0 : t0 + self.n_classes(key)] = self.cap(key)
+        for key, r0 in self.r0.items():
+            hi[r0] = np.ceil(self.channels(key[0]) * max(key[1]) + 1)
         for key, u0 in self.u0.items():
-            hi[u0 : u0 + self.nw * self.na] = self.cap(key)
-            integrality[u0 : u0 + self.nw * self.na] = 0
+            m = self.n_classes(key) * self.na
+            hi[u0 : u0 + m] = self.cap(key)
+            integrality[u0 : u0 + m] = 0
         return Bounds(lo, hi), integrality
 
     def constraint(self, extra: list[tuple[np.ndarray, float]]) -> LinearConstraint:

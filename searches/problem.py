@@ -10,6 +10,14 @@ Resources are additive over layers. A resource can charge
   bits (e.g. BOPs = MACs_c * w * a, or a latency table);
 * ``overhead``: a fixed cost per layer and weight-bit option that is used by at least one of
   its channels (e.g. one extra kernel launch per bit-width group).
+
+``round_up`` makes a resource exact where a layer rounds a sum up to whole units (bytes): per
+layer and weight option, the amount one channel adds to that sum (e.g. packed bits / 8); the
+resource charges ``ceil(sum) - sum`` on top of the fractional amounts already in ``weight``.
+
+``classes`` merges weight options of a layer that run in one kernel (e.g. W2..W8 on int8-only
+hardware): tiles and overheads are then counted per class, over the channels of all its options,
+and the options of a class must have equal ``pair`` and ``overhead`` costs.
 """
 
 from __future__ import annotations
@@ -49,8 +57,14 @@ class Resource:
     pair: dict[str, np.ndarray] = field(default_factory=dict)
     quantum: dict[str, int] = field(default_factory=dict)  # layer -> channels per unit (default 1)
     overhead: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (n_w_bits,)
+    # layer -> class id per weight option (options sharing a kernel); default: one class each
+    classes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     constant: float = 0.0  # cost independent of the decisions
-    slack: float = 0.0  # reserved from the budget (e.g. per-layer rounding to whole bytes)
+    slack: float = 0.0  # reserved from the budget
+    round_up: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (n_w_bits,)
+
+    def classes_of(self, layer: str, n_options: int) -> tuple[int, ...]:
+        return self.classes.get(layer, tuple(range(n_options)))
 
 
 @dataclass
@@ -95,17 +109,31 @@ class SearchProblem:
                 total += float(sum(r.weight[k, i] for k, i in enumerate(w_choice)))
             if r.act is not None:
                 total += float(sum(r.act[k, j] for k, j in enumerate(a_choice)))
+            nw = len(self.w_bits)
             for layer, per_unit in r.pair.items():
                 j = a_choice[self.act_index[self.layer_by_name[layer].act_group]]
                 q = r.quantum.get(layer, 1)
+                cls = r.classes_of(layer, nw)
                 counts: dict[int, int] = {}
                 for k in self.groups_of(layer):
-                    i = int(w_choice[k])
-                    counts[i] = counts.get(i, 0) + self.weight_groups[k].count
-                for i, n in counts.items():
-                    total += float(per_unit[i, j] * -(-n // q))
+                    c = cls[int(w_choice[k])]
+                    counts[c] = counts.get(c, 0) + self.weight_groups[k].count
+                for c, n in counts.items():
+                    total += float(per_unit[cls.index(c), j] * -(-n // q))
+            for layer, per_channel in r.round_up.items():
+                amount = sum(
+                    self.weight_groups[k].count * per_channel[int(w_choice[k])]
+                    for k in self.groups_of(layer)
+                )
+                total += float(_ceil(amount) - amount)
             for layer, ovh in r.overhead.items():
-                used = {int(w_choice[k]) for k in self.groups_of(layer)}
-                total += float(sum(ovh[i] for i in used))
+                cls = r.classes_of(layer, nw)
+                used = {cls[int(w_choice[k])] for k in self.groups_of(layer)}
+                total += float(sum(ovh[cls.index(c)] for c in used))
             totals[r.name] = total
         return obj, totals
+
+
+def _ceil(amount: float) -> int:
+    """``ceil`` that ignores float noise below 1e-9 of a unit (sums of multiples of 1/8)."""
+    return int(np.ceil(amount - 1e-9))

@@ -12,7 +12,6 @@ import itertools
 import math
 import re
 import warnings
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -56,14 +55,18 @@ def table(run_dir):
 
 
 def exact_costs(cost_model: CostModel, session: Session, plan: Plan) -> tuple[float, float]:
-    """Latency and energy of ``plan`` summed over layers, one sub-kernel per bit-width group,
-    from the graph's layer descriptions (not the plan's totals or its recorded layer info)."""
+    """Latency and energy of ``plan`` summed over layers, one sub-kernel per executed precision
+    (channels with equal ``kernel_key``, priced at their widest bits), from the graph's layer
+    descriptions (not the plan's totals or its recorded layer info)."""
     layers = {layer.name: layer for layer in session.graph.layers}
     lat = en = 0.0
     for lp in plan.layers:
         layer = layers[lp.name]
-        for bits, n in Counter(lp.w_bits).items():
-            c = cost_model.layer_cost(layer, bits, lp.a_bits, out_channels=n)
+        kernels: dict = {}
+        for b in lp.w_bits:
+            kernels.setdefault(cost_model.kernel_key(layer, b, lp.a_bits), []).append(b)
+        for bits in kernels.values():
+            c = cost_model.layer_cost(layer, max(bits), lp.a_bits, out_channels=len(bits))
             lat, en = lat + c.latency_s, en + c.energy_j
     return lat, en
 
@@ -95,17 +98,7 @@ def smallest_exact(cost_model: CostModel, layers) -> tuple[float, float]:
 # ---- (1) random budgets on every built-in profile ---------------------------------------------
 
 
-ETHOS_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a per-channel ILP plan whose sub-kernels cost more than the linearised "
-    "slope is re-priced, the budget tightened below every plan, and a latency budget the uniform "
-    "lowest-bits plan meets is rejected (ethos_u55_256: all plans cost the same linearised latency)",
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=ETHOS_BUG) if n == "ethos_u55_256" else n for n in PROFILES]
-)
+@pytest.mark.parametrize("name", PROFILES)
 def test_random_budgets_met_by_exact_cost(name, run_dir, table):
     base = make_session(run_dir, accelerator=name)
     cm = load_accelerator(name)
@@ -335,18 +328,15 @@ def test_latency_at_smallest_exact_plan_is_feasible(name, run_dir, table):
     s = make_session(run_dir, accelerator=name)
     lo, _ = smallest_exact(s.cost_model, s.graph.layers)
     s.config.latency_ms = lo * 1e3 * (1 + 1e-6)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            plan, _ = s.search(table)
-    except InfeasibleBudgetError as e:
-        pytest.xfail(f"known bug (see report): feasible budget rejected: {e}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan, _ = s.search(table)
     assert exact_costs(s.cost_model, s, plan)[0] <= lo * (1 + 1e-6)
 
 
 def test_size_and_latency_at_their_minimum_together(run_dir, table):
-    """Each budget at the smallest reachable value: the uniform W2A4 plan meets both, so a
-    correct search succeeds; if it does not, the error must name both budgets on one line."""
+    """Each budget at the smallest reachable value: the uniform W2A4 plan meets both, so the
+    byte-exact size constraint and executed-precision costing must find it."""
     s = make_session(run_dir, accelerator="nvidia_t4")
     lo, _ = smallest_exact(s.cost_model, s.graph.layers)
     smallest_bytes = s.make_plan(
@@ -355,15 +345,9 @@ def test_size_and_latency_at_their_minimum_together(run_dir, table):
     ).totals["bytes"]
     s.config.latency_ms = lo * 1e3 * (1 + 1e-6)
     s.config.budget_mb = smallest_bytes / 1e6
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            plan, _ = s.search(table)
-    except InfeasibleBudgetError as e:
-        msg = str(e)
-        assert "\n" not in msg
-        assert "--budget-mb" in msg and "--latency-ms" in msg and "together" in msg, msg
-        pytest.xfail(f"known bug (see report): jointly feasible budgets rejected: {msg}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan, _ = s.search(table)
     assert plan.totals["bytes"] <= smallest_bytes
 
 

@@ -185,6 +185,27 @@ def test_group_overhead_charged_once_per_sub_kernel():
     assert m.layer_cost(layer, 8, 8, out_channels=1).latency_s >= over.latency_s
 
 
+def test_sub_kernels_follow_executed_precision():
+    """Channels the hardware runs with one kernel share its overhead and tiles."""
+    layer = LAYERS[1]
+    mixed = [2] * 20 + [5] * 20 + [8] * 24
+    npu = load_accelerator("ethos_u55_256")  # everything <= 8 bits runs as int8 x int8
+    assert npu.kernel_groups(layer, mixed, 8) == 1
+    assert npu.plan_cost(layer, mixed, 8).latency_s == pytest.approx(
+        npu.layer_cost(layer, 8, 8).latency_s
+    )
+    assert npu.plan_cost(layer, mixed, 8).weight_bytes == layer_weight_bytes(layer, mixed)
+    t4 = load_accelerator("nvidia_t4")  # int4 containers for W2/W4, int8 for W5/W8
+    assert t4.kernel_groups(layer, [2] * 32 + [4] * 32, 8) == 1
+    assert t4.kernel_groups(layer, mixed, 8) == 2
+    two = t4.plan_cost(layer, mixed, 8)
+    expect = t4.layer_cost(layer, 2, 8, out_channels=20) + t4.layer_cost(layer, 8, 8, out_channels=44)
+    assert two.latency_s == pytest.approx(expect.latency_s)
+    assert two.bops == pytest.approx(layer.macs_per_channel * sum(mixed) * 8)
+    serial = load_accelerator("bitserial_bismo_haq_cloud")  # every width at its own speed
+    assert serial.kernel_groups(layer, mixed, 8) == 3
+
+
 def _assert_monotone(model, layer, out_channels=None):
     cost = {
         (w, a): model.layer_cost(layer, w, a, out_channels=out_channels)

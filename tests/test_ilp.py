@@ -35,7 +35,9 @@ def random_problem(
     loss_scale: float = 1.0,
 ) -> SearchProblem:
     """2-4 weight groups over 1-3 layers, 2-3 activation groups, 2-3 bit options each, a size
-    resource (per group), a BOPs-like pair resource and an overhead resource; no budgets yet."""
+    resource (per group, some layers rounded up to whole bytes), a BOPs-like pair resource, an
+    overhead resource and a tiled latency-like resource whose weight options share kernel
+    classes; no budgets yet."""
     n_act = int(rng.integers(2, 4))
     n_layers = int(rng.integers(max(1, n_act - 1), 4))
     w_bits = tuple(sorted(rng.choice([2, 3, 4, 6, 8, 16], int(rng.integers(2, 4)), replace=False)))
@@ -77,6 +79,11 @@ def random_problem(
             ]
         ),  # fmt: skip
         slack=float(rng.choice([0.0, len(layers)])),
+        round_up={
+            layer.name: layer.params_per_channel * np.array(w_bits, float) / 8
+            for layer in layers
+            if rng.random() < 0.5
+        },
     )
     bops = Resource(
         "bops",
@@ -100,6 +107,8 @@ def random_problem(
                 weight=rng.random((len(groups), len(w_bits))),
             )
         )
+    if overhead:
+        resources.append(_tiled_resource(layers, w_bits, a_bits, rng))
     w_allowed = a_allowed = None
     if disallow:
         w_allowed = rng.random((len(groups), len(w_bits))) > 0.25
@@ -110,6 +119,24 @@ def random_problem(
         )
     return SearchProblem(
         layers, w_bits, a_bits, groups, used_groups, act_loss, resources, w_allowed, a_allowed
+    )
+
+
+def _tiled_resource(layers, w_bits, a_bits, rng: np.random.Generator) -> Resource:
+    """Costs per tile of 1-3 channels, options merged into random kernel classes (equal costs
+    within a class, non-decreasing over classes) with one overhead per used class."""
+    pair, overhead, classes, quantum = {}, {}, {}, {}
+    for layer in layers:
+        cls = [0]
+        for _ in w_bits[1:]:
+            cls.append(cls[-1] + int(rng.random() < 0.5))
+        per_class = np.cumsum(rng.random((cls[-1] + 1, len(a_bits))), axis=0)
+        pair[layer.name] = per_class[cls]
+        overhead[layer.name] = np.full(len(w_bits), float(rng.random() * 3))
+        classes[layer.name] = tuple(cls)
+        quantum[layer.name] = int(rng.integers(1, 4))
+    return Resource(
+        "tiles", "s", None, pair=pair, overhead=overhead, classes=classes, quantum=quantum
     )
 
 
