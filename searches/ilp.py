@@ -14,6 +14,11 @@ Formulation (one-hot, a multiple-choice knapsack with side constraints):
   sub-kernel of 3 channels pays for a whole tile, as the hardware does.
 * A resource that rounds a per-layer sum up to whole units (bytes of packed bits) gets an
   integer ``r[l]`` with ``0 <= r - sum < 1``, so a size budget is exact to the byte.
+* Layers whose groups are interchangeable (equal channel counts, allowed options and costs,
+  e.g. every channel of a per-channel plan) use integer counts ``m[l, i] = sum_g x[g, i]`` and
+  continuous ``x``: all costs depend on the counts only, and for integer counts the assignment
+  of groups to options is a transportation problem with integral vertices. A ResNet-50 then has
+  a few hundred integer variables instead of 165k binaries.
 * Per-group overheads use indicators ``z[l, i] >= x[g, i]`` for every group ``g`` of ``l``.
 
 The objective (predicted loss increase, values around 1e-9..1e-3) is scaled so that its total
@@ -77,6 +82,12 @@ class _Builder:
         self.groups_by_layer: dict[str, list[int]] = {}
         for k, g in enumerate(p.weight_groups):
             self.groups_by_layer.setdefault(g.layer, []).append(k)
+        # Interchangeable groups: integer counts m[l, i] of groups at option i, x continuous.
+        self.m0: dict[str, int] = {}
+        for name in sorted(self.groups_by_layer, key=self._order):
+            if self._interchangeable(name, active):
+                self.m0[name] = n
+                n += nw
         # Count units of a layer's pair costs per kernel class: channels (quantum 1) or tiles of
         # q channels, t[l, c] = ceil(n[l, c] / q) as an integer variable with q * t >= n.
         keys = {
@@ -109,8 +120,39 @@ class _Builder:
         self.n = n
         self.rows: list[tuple[list[int], list[float], float, float]] = []
 
+    def aux_columns(self):
+        """(column, layer) of every per-layer auxiliary variable (counts, tiles, overheads, bytes)."""
+        for name, m0 in self.m0.items():
+            for i in range(self.nw):
+                yield m0 + i, name
+        for table in (self.t0, self.z0):
+            for key, start in table.items():
+                for c in range(self.n_classes(key)):
+                    yield start + c, key[0]
+        for key, r0 in self.r0.items():
+            yield r0, key[0]
+
     def _order(self, name: str) -> int:
         return self.p.layer_by_name[name].index
+
+    def _interchangeable(self, name: str, active: list) -> bool:
+        """Groups of a layer differ only in loss: equal channel counts, allowed options and
+        weight costs. Then every cost depends only on how many groups take each option, and for
+        integer counts the assignment of groups to options is a transportation problem whose LP
+        vertices are integral -- so the x of these groups need not be integer variables."""
+        groups = self.groups_by_layer[name]
+        if len(groups) < 2:
+            return False
+        p = self.p
+        first = groups[0]
+        if any(p.weight_groups[k].count != p.weight_groups[first].count for k in groups):
+            return False
+        if not np.all(p.w_allowed[groups] == p.w_allowed[first]):
+            return False
+        for r in active:
+            if r.weight is not None and not np.all(np.asarray(r.weight)[groups] == r.weight[first]):
+                return False
+        return True
 
     @staticmethod
     def n_classes(key: tuple) -> int:
@@ -140,16 +182,19 @@ class _Builder:
     def channel_expr(self, name: str, options: list[int]) -> tuple[list[int], list[float]]:
         """Columns and coefficients of the channels of layer ``name`` at any of ``options``."""
         groups = self.groups_by_layer[name]
+        if name in self.m0:
+            count = float(self.p.weight_groups[groups[0]].count)
+            return [self.m0[name] + i for i in options], [count] * len(options)
         cols = [self.xi(k, i) for k in groups for i in options]
         vals = [float(self.p.weight_groups[k].count) for k in groups for _ in options]
         return cols, vals
 
     def round_expr(self, key: tuple) -> tuple[list[int], list[float]]:
         """The per-layer sum that ``Resource.round_up`` rounds up, over the x columns."""
-        groups = self.groups_by_layer[key[0]]
-        cols = [self.xi(k, i) for k in groups for i in range(self.nw)]
-        vals = [self.p.weight_groups[k].count * key[1][i] for k in groups for i in range(self.nw)]
-        return cols, vals
+        cols, counts = self.channel_expr(key[0], list(range(self.nw)))
+        if key[0] in self.m0:
+            return cols, [n * key[1][i] for i, n in enumerate(counts)]
+        return cols, [n * key[1][i % self.nw] for i, n in enumerate(counts)]
 
     def count_expr(self, key: tuple, c: int) -> tuple[list[int], list[float]]:
         """Columns and coefficients of the count units of class ``c`` of a layer."""
@@ -163,6 +208,15 @@ class _Builder:
             self.add([self.xi(g, i) for i in range(self.nw)], [1.0] * self.nw, 1.0, 1.0)
         for a in range(len(p.act_groups)):
             self.add([self.yi(a, j) for j in range(self.na)], [1.0] * self.na, 1.0, 1.0)
+        for name, m0 in self.m0.items():  # m[l, i] = number of the layer's groups at option i
+            groups = self.groups_by_layer[name]
+            for i in range(self.nw):
+                self.add(
+                    [self.xi(k, i) for k in groups] + [m0 + i],
+                    [1.0] * len(groups) + [-1.0],
+                    0.0,
+                    0.0,
+                )
         for key, t0 in self.t0.items():
             q = key[1]
             for c in range(self.n_classes(key)):  # n <= q * t <= n + q - 1, i.e. t = ceil(n / q)
@@ -190,6 +244,8 @@ class _Builder:
             groups = self.groups_by_layer[key[0]]
             for c in range(self.n_classes(key)):
                 opts = self.members(key, c)
+                used_cols, _ = self.channel_expr(key[0], opts)
+                used = [1.0] * len(used_cols)  # groups (or group counts m) in the class
                 if len(groups) <= _STRONG_LINK_GROUPS:
                     for k in groups:  # z >= sum of x over the class: a used class pays its overhead
                         self.add(
@@ -199,21 +255,21 @@ class _Builder:
                             0.0,
                         )
                 else:  # one aggregated row per class: same integer solutions, far fewer rows
-                    self.add(
-                        [self.xi(k, i) for k in groups for i in opts] + [z0 + c],
-                        [1.0] * (len(groups) * len(opts)) + [-float(len(groups))],
-                        -np.inf,
-                        0.0,
-                    )
-                # z <= sum of x: an unused class pays none (keeps maxima in resource_range true)
-                xs = [self.xi(k, i) for k in groups for i in opts]
-                self.add([z0 + c] + xs, [1.0] + [-1.0] * len(xs), -np.inf, 0.0)
+                    self.add(used_cols + [z0 + c], used + [-float(len(groups))], -np.inf, 0.0)
+                # z <= groups in the class: an unused class pays none (keeps maxima true)
+                self.add([z0 + c] + used_cols, [1.0] + [-v for v in used], -np.inf, 0.0)
 
     def resource_coefficients(self, r) -> np.ndarray:
         p = self.p
         c = np.zeros(self.n)
         if r.weight is not None:
-            c[self.x0 : self.y0] += np.asarray(r.weight, dtype=float).reshape(-1)
+            weight = np.asarray(r.weight, dtype=float)
+            cw = weight.copy()
+            for name, m0 in self.m0.items():  # equal rows: charged once per group on the counts
+                groups = self.groups_by_layer[name]
+                c[m0 : m0 + self.nw] += weight[groups[0]]
+                cw[groups] = 0.0
+            c[self.x0 : self.y0] += cw.reshape(-1)
         if r.act is not None:
             c[self.y0 : self.y0 + len(p.act_groups) * self.na] += np.asarray(r.act, float).reshape(
                 -1
@@ -265,6 +321,11 @@ class _Builder:
         hi[self.x0 : self.y0] = p.w_allowed.reshape(-1).astype(float)
         hi[self.y0 : self.y0 + len(p.act_groups) * self.na] = p.a_allowed.reshape(-1).astype(float)
         integrality = np.ones(self.n)
+        for name, m0 in self.m0.items():
+            groups = self.groups_by_layer[name]
+            hi[m0 : m0 + self.nw] = len(groups) * p.w_allowed[groups[0]]
+            for k in groups:
+                integrality[self.xi(k, 0) : self.xi(k, 0) + self.nw] = 0
         for key, t0 in self.t0.items():
             hi[t0 : t0 + self.n_classes(key)] = self.cap(key)
         for key, r0 in self.r0.items():
@@ -297,9 +358,62 @@ class _Builder:
 
     def decode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.p
-        w = x[self.x0 : self.y0].reshape(len(p.weight_groups), self.nw).argmax(1)
+        xw = x[self.x0 : self.y0].reshape(len(p.weight_groups), self.nw)
+        w = xw.argmax(1)
+        for name, m0 in self.m0.items():
+            groups = self.groups_by_layer[name]
+            if np.abs(xw[groups] - np.round(xw[groups])).max() > 1e-6:
+                w[groups] = self._assign(groups, np.round(x[m0 : m0 + self.nw]).astype(int))
         a = x[self.y0 : self.y0 + len(p.act_groups) * self.na].reshape(len(p.act_groups), self.na)
         return w, (a.argmax(1) if len(p.act_groups) else np.zeros(0, dtype=int))
+
+    def _assign(self, groups: list[int], counts: np.ndarray) -> np.ndarray:
+        """A degenerate LP left x fractional: the same counts, groups assigned optimally."""
+        loss = np.array([self.p.weight_groups[k].loss for k in groups], dtype=float)
+        loss = np.where(self.p.w_allowed[groups], loss, 1e30)
+        return _assign_by_counts(loss, counts)
+
+
+def _assign_by_counts(loss: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Least-loss assignment of groups (rows of ``loss``) to options with given counts."""
+    from scipy.optimize import linear_sum_assignment
+
+    slots = np.repeat(np.arange(len(counts)), counts)
+    rows, cols = linear_sum_assignment(loss[:, slots])
+    out = np.empty(len(loss), dtype=int)
+    out[rows] = slots[cols]
+    return out
+
+
+class _LpResult:
+    def __init__(self, x, fun, lower_rc, upper_rc) -> None:
+        self.x, self.fun, self.lower_rc, self.upper_rc = x, fun, lower_rc, upper_rc
+
+
+def _lp_with_reduced_costs(c, bounds: Bounds, cons: LinearConstraint, time_limit: float):
+    """LP relaxation by HiGHS (scipy.optimize.linprog) with the reduced costs of the bounds,
+    which ``milp`` does not report. None if it does not solve to optimality."""
+    a = cons.A.tocsr()
+    eq = cons.lb == cons.ub
+    up = np.isfinite(cons.ub) & ~eq
+    down = np.isfinite(cons.lb) & ~eq
+    from scipy.optimize import linprog
+    from scipy.sparse import vstack
+
+    with _quiet_stdout():
+        res = linprog(
+            c,
+            A_ub=vstack([a[up], -a[down]]).tocsr(),
+            b_ub=np.concatenate([cons.ub[up], -cons.lb[down]]),
+            A_eq=a[eq],
+            b_eq=cons.lb[eq],
+            bounds=np.column_stack([bounds.lb, bounds.ub]),
+            method="highs",
+            options={"time_limit": time_limit},
+        )
+    if res.status != 0 or res.x is None:
+        return None
+    return _LpResult(res.x, res.fun, res.lower.marginals, res.upper.marginals)
 
 
 def _milp(c, integrality, bounds, cons, time_limit: float, gap: float):
@@ -352,36 +466,63 @@ class IlpSearch:
         self.reduce_above = reduce_above
 
     def _solve_reduced(self, b: _Builder, c, integrality, bounds, cons):
-        """Large problems: solve the LP relaxation, fix the weight groups it already assigns
-        integrally, solve the small remaining MILP, and accept the plan only if its objective is
-        within ``mip_rel_gap`` of the LP bound -- a bound for the full problem, so the gap is a
-        proof, not an estimate. Returns (None, None) when that proof fails.
+        """Large problems: LP bound, an incumbent, reduced-cost fixing, then a small exact MILP.
 
-        A multiple-choice knapsack's LP optimum has few fractional groups (about one per
-        budget), so the remaining MILP is tiny while HiGHS on the full model spends most of its
-        time in presolve and heuristics over >100k binaries.
+        1. The LP relaxation gives a bound ``LB`` and reduced costs ``d``.
+        2. Incumbent ``UB``: the MILP with every weight group the LP assigns integrally fixed
+           (layers it leaves undecided stay free). A multiple-choice knapsack's LP optimum has
+           few fractional groups, so this MILP is tiny.
+        3. A binary at a bound in the LP whose reduced cost exceeds ``UB - LB`` takes that value
+           in every plan better than the incumbent (``obj >= LB + |d|`` otherwise), so fixing
+           it loses no better plan: the MILP over the rest is exact for the whole problem.
+
+        HiGHS on the full model instead spends most of its time in presolve and heuristics over
+        >100k binaries. Returns (None, None) when a step fails (the caller solves in full).
         """
-        lp = _milp(
-            c, np.zeros_like(integrality), bounds, cons, self.time_limit / 2, self.mip_rel_gap
-        )
-        if lp.status != 0 or lp.x is None:
+        lp = _lp_with_reduced_costs(c, bounds, cons, self.time_limit / 2)
+        if lp is None:
             return None, None
         p = b.p
         x = lp.x[b.x0 : b.y0].reshape(len(p.weight_groups), b.nw)
         settled = x.max(1) > 1 - 1e-9
+        # Layers the LP leaves undecided stay wholly free: an unsettled group, or a fractional
+        # count, tile, overhead or byte variable (counts layers add no binaries when freed).
+        open_layers = {p.weight_groups[k].layer for k in np.nonzero(~settled)[0]}
+        frac = np.abs(lp.x - np.round(lp.x)) > 1e-6
+        for col, layer in b.aux_columns():
+            if integrality[col] and frac[col]:
+                open_layers.add(layer)
+        for name in open_layers:
+            settled[b.groups_by_layer[name]] = False
         lo, hi = bounds.lb.copy(), bounds.ub.copy()
         rows = np.nonzero(settled)[0]
         fixed = np.round(x[rows])
         for k, row in zip(rows, fixed, strict=True):
             lo[b.xi(k, 0) : b.xi(k, 0) + b.nw] = row
             hi[b.xi(k, 0) : b.xi(k, 0) + b.nw] = row
+        inc = _milp(c, integrality, Bounds(lo, hi), cons, self.time_limit, self.mip_rel_gap)
+        if inc.x is None or inc.status != 0:
+            return None, None
+        gap = (inc.fun - lp.fun) / max(abs(inc.fun), 1e-9)
+        if gap <= self.mip_rel_gap:
+            return inc, max(gap, 0.0)
+        # Reduced-cost fixing on the x and y blocks (the continuous x of counts layers too: an
+        # optimal plan exists at an integral vertex, where x is 0 or 1 like a binary).
+        # Plans within the gap tolerance of the incumbent need not be found: fix what cannot
+        # beat it by more than that (the incumbent stays the answer if nothing does).
+        margin = inc.fun * (1 - self.mip_rel_gap) - lp.fun + 1e-9 * max(1.0, abs(inc.fun))
+        lo, hi = bounds.lb.copy(), bounds.ub.copy()
+        cols = np.arange(b.x0, b.y0 + len(p.act_groups) * b.na)
+        at_lo = (lp.x[cols] < lo[cols] + 1e-9) & (lp.lower_rc[cols] > margin)
+        at_hi = (lp.x[cols] > hi[cols] - 1e-9) & (-lp.upper_rc[cols] > margin)
+        hi[cols[at_lo]] = lo[cols[at_lo]]
+        lo[cols[at_hi]] = hi[cols[at_hi]]
         res = _milp(c, integrality, Bounds(lo, hi), cons, self.time_limit, self.mip_rel_gap)
+        if res.status == 2 or (res.x is not None and res.status == 0 and res.fun >= inc.fun):
+            return inc, self.mip_rel_gap  # nothing beats the incumbent by more than the gap
         if res.x is None or res.status != 0:
             return None, None
-        gap = (res.fun - lp.fun) / max(abs(res.fun), 1e-9)
-        if gap > self.mip_rel_gap:
-            return None, None
-        return res, max(gap, 0.0)
+        return res, float(getattr(res, "mip_gap", 0.0) or 0.0)
 
     def solve(self, problem: SearchProblem) -> SearchResult:
         t0 = time.perf_counter()
@@ -398,7 +539,7 @@ class IlpSearch:
         method = "branch-and-bound"
         res = None
         n_binary = int(integrality.sum())
-        if n_binary >= self.reduce_above:
+        if b.n >= self.reduce_above:
             res, lp_gap = self._solve_reduced(b, c * scale, integrality, bounds, cons)
             if res is not None:
                 method = "LP bound + reduced MILP"

@@ -199,7 +199,9 @@ def test_sub_kernels_follow_executed_precision():
     assert t4.kernel_groups(layer, [2] * 32 + [4] * 32, 8) == 1
     assert t4.kernel_groups(layer, mixed, 8) == 2
     two = t4.plan_cost(layer, mixed, 8)
-    expect = t4.layer_cost(layer, 2, 8, out_channels=20) + t4.layer_cost(layer, 8, 8, out_channels=44)
+    expect = t4.layer_cost(layer, 2, 8, out_channels=20) + t4.layer_cost(
+        layer, 8, 8, out_channels=44
+    )
     assert two.latency_s == pytest.approx(expect.latency_s)
     assert two.bops == pytest.approx(layer.macs_per_channel * sum(mixed) * 8)
     serial = load_accelerator("bitserial_bismo_haq_cloud")  # every width at its own speed

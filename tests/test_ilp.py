@@ -17,6 +17,7 @@ from searches import (
     WeightGroup,
     resource_range,
 )
+from searches.ilp import _Builder
 
 
 def _layer(name: str, cout: int, ppc: int, mpc: int, group: str, index: int) -> LayerInfo:
@@ -33,6 +34,7 @@ def random_problem(
     disallow: bool = True,
     offset: float = 0.0,
     loss_scale: float = 1.0,
+    per_channel: bool = False,
 ) -> SearchProblem:
     """2-4 weight groups over 1-3 layers, 2-3 activation groups, 2-3 bit options each, a size
     resource (per group, some layers rounded up to whole bytes), a BOPs-like pair resource, an
@@ -46,7 +48,7 @@ def random_problem(
     layers, groups = [], []
     n_groups = int(rng.integers(max(2, n_layers), 5))
     for i in range(n_layers):
-        cout = int(rng.integers(1, 5))
+        cout = int(rng.integers(1, 3 if per_channel else 5))
         layers.append(
             _layer(f"l{i}", cout, int(rng.integers(1, 30)), int(rng.integers(1, 200)),
                    act_groups[i % n_act], i)
@@ -55,6 +57,8 @@ def random_problem(
     per_layer = [1] * n_layers
     for _ in range(n_groups - n_layers):
         per_layer[int(rng.integers(0, n_layers))] += 1
+    if per_channel:  # one group per channel: interchangeable groups (counts formulation)
+        per_layer = [layer.out_channels for layer in layers]
     for layer, k in zip(layers, per_layer, strict=True):
         k = min(k, layer.out_channels)
         cuts = np.linspace(0, layer.out_channels, k + 1).astype(int)
@@ -104,7 +108,7 @@ def random_problem(
                 "us",
                 None,
                 overhead={layer.name: rng.random(len(w_bits)) * 20 for layer in layers},
-                weight=rng.random((len(groups), len(w_bits))),
+                weight=None if per_channel else rng.random((len(groups), len(w_bits))),
             )
         )
     if overhead:
@@ -206,6 +210,27 @@ def test_ilp_equals_brute_force(seed):
         statuses.append(_check_against_brute_force(problem))
     # The random budgets exercise both outcomes.
     assert SearchStatus.OPTIMAL in statuses
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ilp_equals_brute_force_per_channel(seed):
+    """One group per channel: the integer option counts with continuous assignments."""
+    rng = np.random.default_rng(2000 + seed)
+    statuses = []
+    for _ in range(20):
+        problem = random_problem(rng, per_channel=True, disallow=False)
+        set_random_budgets(problem, rng)
+        statuses.append(_check_against_brute_force(problem))
+    assert SearchStatus.OPTIMAL in statuses
+
+
+def test_counts_formulation_is_used_for_interchangeable_groups():
+    rng = np.random.default_rng(5)
+    problem = random_problem(rng, per_channel=True, disallow=False)
+    multi = [n for n in problem.layer_by_name if len(problem.groups_of(n)) > 1]
+    assert multi, "the generator should give a layer with several channels"
+    builder = _Builder(problem, problem.resources)
+    assert set(builder.m0) == set(multi)
 
 
 def test_ilp_equals_brute_force_without_overheads_and_with_offsets():
