@@ -17,6 +17,7 @@ Units and scope of a :class:`Cost` (one layer, or one sub-kernel of a layer):
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from dataclasses import dataclass, replace
 from cost_models.size import channel_bits_cost, layer_weight_bytes
 from hawq_search.graph.layers import LayerInfo
 
-__all__ = ["Cost", "CostModel", "BOUNDS", "check_bits"]
+__all__ = ["Cost", "CostModel", "BOUNDS", "check_bits", "model_fingerprint"]
 
 BOUNDS = ("compute", "memory", "measured")
 MAX_BITS = 32
@@ -83,6 +84,18 @@ class Cost:
         )
 
 
+def model_fingerprint(layers: Sequence[LayerInfo], batch: int) -> str:
+    """Short hash of a model's quantizable layer shapes and the batch: names a measured
+    ``other_ops`` time in a profile so that it is used for that model only."""
+    parts = [str(batch)]
+    for layer in sorted(layers, key=lambda lay: lay.index):
+        parts.append(
+            f"{layer.op}:{layer.input_shape}:{layer.output_shape}:{layer.kernel_size}:"
+            f"{layer.stride}:{layer.padding}:{layer.groups}"
+        )
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
 def check_bits(w_bits: int, a_bits: int) -> None:
     """Reject bit-widths no model can price (a programming error, not a user input error)."""
     for label, b in (("w_bits", w_bits), ("a_bits", a_bits)):
@@ -125,6 +138,8 @@ class CostModel(ABC):
     name: str = "cost-model"
     description: str = ""
     batch: int = 1
+    # model_fingerprint -> measured seconds of a model's other ops (profile key ``other_ops``)
+    other_ops: dict[str, float] = {}  # noqa: RUF012 - replaced, never mutated, per instance
 
     @abstractmethod
     def layer_cost(
@@ -149,6 +164,14 @@ class CostModel(ABC):
         indicator variable. Zero unless the model says otherwise.
         """
         return Cost.zero()
+
+    def fixed_cost(self, layers: Sequence[LayerInfo]) -> Cost:
+        """Cost of everything but the quantizable layers (BatchNorm, activations, adds, pooling,
+        framework dispatch), independent of the plan: measured for this model by ``cost
+        profile`` (profile key ``other_ops``), else zero -- accelerators fuse those ops."""
+        lat = self.other_ops.get(model_fingerprint(layers, self.batch), 0.0)
+        static = float(getattr(self, "static_w", 0.0) or 0.0)
+        return Cost(lat, static * lat, 0.0, 0.0, 0.0, "measured" if lat else "compute")
 
     def channel_quantum(self, layer: LayerInfo) -> int:
         """Output channels one compute tile spans: a sub-kernel of ``n`` channels costs as much

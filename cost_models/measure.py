@@ -2,9 +2,16 @@
 
 What is timed is what this machine can really execute: fp32 (``torch.nn`` modules), and int8
 through a torch quantized backend (``torch.ao.nn.quantized`` with the x86/fbgemm/onednn/qnnpack
-engine) when one runs here. Sub-8-bit operands have no faster kernel, so the profile is stepwise:
-any bits <= 8 run at the int8 time (or the fp32 time, the fallback any quantized layer can use by
-dequantizing its weights, when that is faster), anything wider at the fp32 time.
+engine) when one runs here. An int8 row times the whole eager int8 path of one layer --
+quantize the float input, run the int8 kernel, dequantize the output -- because BatchNorm,
+activations and adds stay in float between layers. Sub-8-bit operands have no faster kernel, so
+the profile is stepwise: any bits <= 8 run at the int8 time (or the fp32 time, the fallback any
+quantized layer can use by dequantizing its weights, when that is faster; the ``backend`` column
+says which), anything wider at the fp32 time.
+
+Given the model, the profile also measures its *other ops* (BatchNorm, ReLU, adds, pooling,
+Python dispatch) by timing a forward in which every quantizable layer returns a precomputed
+output; plans of that model add this time to their predicted latency.
 
 Each distinct layer shape is timed once (median of ``repeats`` calls after ``warmup`` calls), so a
 CIFAR ResNet-56 (7 distinct shapes) takes seconds. The written profile is a ``cpu`` kind whose
@@ -23,6 +30,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from cost_models.base import model_fingerprint
 from cost_models.table import shape_key, write_cost_table
 from hawq_search.graph.layers import LayerInfo
 
@@ -125,17 +133,23 @@ def profile_local_cpu(
     layers: list[LayerInfo],
     out_dir: str | Path,
     *,
-    repeats: int = 15,
-    warmup: int = 3,
+    repeats: int = 50,
+    warmup: int = 10,
     batch: int = 1,
     threads: int | None = None,
     name: str = "local_cpu",
     int8: bool = True,
+    model=None,
+    input_shape: tuple[int, ...] | None = None,
+    model_name: str = "model",
+    rounds: int = 5,
 ) -> Path:
     """Time ``layers`` here; write ``<name>.yaml`` + ``<name>.costs.csv`` in ``out_dir``.
 
     Returns the profile path (load it with ``load_accelerator(path)``). ``threads`` defaults to
-    torch's current setting; it is restored afterwards.
+    torch's current setting; it is restored afterwards. The ``repeats`` calls per measurement are
+    spread over ``rounds`` interleaved rounds. With ``model`` (the torch module the
+    layers come from) and its per-sample ``input_shape``, its other ops are timed too.
     """
     import torch
 
@@ -147,13 +161,74 @@ def profile_local_cpu(
     try:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore", UserWarning)  # quantized-tensor deprecation notices
-            return _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8)
+            other = None
+            if model is not None and input_shape is not None:
+                other = (model_name, _other_ops_call(model, layers, input_shape, batch))
+            return _profile(
+                layers, out_dir, repeats, warmup, batch, n_threads, name, int8, other, rounds
+            )
     finally:
         torch.set_num_threads(old_threads)
         torch.backends.quantized.engine = old_engine
 
 
-def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8) -> Path:
+class _Precomputed:
+    """Stands in for a layer: returns its recorded output, so only the other ops are timed."""
+
+    def __new__(cls, out):
+        import torch
+
+        class Stub(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.out = out
+
+            def forward(self, *args, **kwargs):
+                return self.out
+
+        return Stub()
+
+
+def _other_ops_call(model, layers: list[LayerInfo], input_shape, batch) -> Callable[[], object]:
+    """A forward of a copy of ``model`` with every quantizable layer replaced by its output."""
+    import copy
+
+    import torch
+
+    net = copy.deepcopy(model).eval()
+    x = torch.randn(batch, *input_shape)
+    mods = dict(net.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        mods[layer.name].register_forward_hook(
+            lambda m, i, y, n=layer.name: outputs.__setitem__(n, y)
+        )
+        for layer in layers
+    ]
+    net(x)
+    for h in hooks:
+        h.remove()
+    for layer in layers:
+        parent, _, child = layer.name.rpartition(".")
+        setattr(mods[parent] if parent else net, child, _Precomputed(outputs[layer.name]))
+    return lambda: net(x)
+
+
+def _interleaved_medians(
+    jobs: dict[str, Callable[[], object]], repeats: int, warmup: int, rounds: int
+) -> dict[str, float]:
+    """``repeats`` timed calls per job split over ``rounds`` rounds that visit every job in
+    turn; returns the median over rounds of each round's median."""
+    rounds = max(1, min(rounds, repeats))
+    per_round = max(1, -(-repeats // rounds))
+    samples: dict[str, list[float]] = {k: [] for k in jobs}
+    for r in range(rounds):
+        for k, fn in jobs.items():
+            samples[k].append(_median_time(fn, per_round, warmup if r == 0 else 2))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, other, rounds) -> Path:
     import torch
 
     unique: dict[tuple, LayerInfo] = {}
@@ -170,31 +245,47 @@ def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8) -> 
     if int8 and engine is None:
         warnings.warn(f"no torch int8 backend runs here ({why}); recording fp32 only", stacklevel=3)
 
-    rows, speedups, int8_failures = [], [], []
-    for (key, _, _), layer in unique.items():
+    # Every timed call, run in interleaved rounds: the median over rounds of each round's median
+    # is robust to the machine drifting (frequency, neighbours) during the profile.
+    jobs: dict[str, Callable[[], object]] = {}
+    int8_failures = []
+    for layer in unique.values():
         fmod = _float_module(layer)
         x = torch.randn(batch, *layer.input_shape)
-        t32 = _median_time(lambda fmod=fmod, x=x: fmod(x), repeats, warmup)
-        t8, backend = t32, "fp32"
+        jobs[f"fp32:{layer.name}"] = lambda fmod=fmod, x=x: fmod(x)
         if engine is not None:
             try:
                 q = _int8_module(layer, fmod)
-                xq = torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)
-                ti = _median_time(lambda q=q, xq=xq: q(xq), repeats, warmup)
-                if ti < t32:
-                    t8, backend = ti, f"int8-{engine}"
+
+                def eager_int8(q=q, x=x):
+                    return q(torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)).dequantize()
+
+                eager_int8()
+                jobs[f"int8:{layer.name}"] = eager_int8
             except Exception as e:  # noqa: BLE001 - fall back to fp32 for this shape
                 int8_failures.append(f"{layer.name}: {type(e).__name__}")
+    tiny = _float_module(LayerInfo("tiny", "conv2d", 1, 1, (1, 1), (1, 1), (0, 0), 1, (1, 1, 1), (1, 1, 1), (1, 1, 1, 1), False, 1, 1, "tiny"))  # fmt: skip
+    xt = torch.randn(1, 1, 1, 1)
+    jobs["tiny"] = lambda: tiny(xt)
+    if other is not None:
+        jobs["other"] = other[1]
+    t = _interleaved_medians(jobs, repeats, warmup, rounds)
+
+    rows, speedups = [], []
+    for (key, _, _), layer in unique.items():
+        t32 = t[f"fp32:{layer.name}"]
+        t8, backend = t32, "fp32"
+        ti = t.get(f"int8:{layer.name}")
+        if ti is not None and ti < t32:
+            t8, backend = ti, f"int8-{engine}"
         speedups.append(t32 / t8)
         base = {f: getattr(key, f) for f in key.__dataclass_fields__}
         common = {"layer": layer.name, "n_runs": repeats}
         rows.append({**base, "w_bits": 8, "a_bits": 8, "latency_s": f"{t8:.6g}", "backend": backend, **common})  # fmt: skip
         for bits in (16, 32):
             rows.append({**base, "w_bits": bits, "a_bits": bits, "latency_s": f"{t32:.6g}", "backend": "fp32", **common})  # fmt: skip
-
-    tiny = _float_module(LayerInfo("tiny", "conv2d", 1, 1, (1, 1), (1, 1), (0, 0), 1, (1, 1, 1), (1, 1, 1), (1, 1, 1, 1), False, 1, 1, "tiny"))  # fmt: skip
-    xt = torch.randn(1, 1, 1, 1)
-    overhead = _median_time(lambda: tiny(xt), max(repeats, 20), warmup)
+    overhead = t["tiny"]
+    other = None if other is None else (other[0], t["other"])
     bandwidth = _bandwidth_Bps()
     clock, simd = _cpu_facts()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -237,7 +328,7 @@ energy:
   static_w: {5.0 * n_threads:.3g}                   # src: [R] assumption, ~5 W per busy core; set your machine's package power
 cost_table: {table.name}
 table:
-  interpolation: stepwise
+  interpolation: stepwise{_other_ops_yaml(layers, batch, other, src)}
 measurement:
   torch: "{torch.__version__}"
   threads: {n_threads}
@@ -249,3 +340,14 @@ measurement:
 """
     )
     return profile
+
+
+def _other_ops_yaml(layers, batch: int, other, src: str) -> str:
+    if other is None:
+        return ""
+    model_name, seconds = other
+    return f"""
+other_ops:                          # BatchNorm, activations, adds, pooling, dispatch of this model
+  - model: {json.dumps(model_name)}
+    fingerprint: {model_fingerprint(layers, batch)}      # layer shapes + batch: used for this model only
+    latency_s: {seconds:.4g}          # src: {src}: forward with every quantizable layer precomputed"""

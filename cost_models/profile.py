@@ -8,6 +8,7 @@ the file, the YAML line and the key: ``t4.yaml:12: key 'compute.peak_ops_per_s.i
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,9 @@ KINDS = ("bit_serial", "bit_flexible", "fixed_npu", "gpu_tensor_core", "cpu")
 TOP_KEYS = {
     "schema_version", "name", "kind", "description", "batch", "clock_hz", "double_buffered",
     "efficiency", "overhead_s", "overhead_cycles", "float_bits", "storage_containers", "memory",
-    "energy", "compute", "cost_table", "table", "measurement", "notes",
+    "energy", "compute", "cost_table", "table", "measurement", "notes", "other_ops",
 }  # fmt: skip
+OTHER_OPS_KEYS = {"model", "fingerprint", "latency_s", "note"}
 COMPUTE_KEYS = {
     "bit_serial": {"array", "serial", "parallel_bits", "depthwise_law"},
     "bit_flexible": {"rows", "cols", "pmax", "pmin"},
@@ -64,7 +66,8 @@ class _Ctx:
         parts = key.split(".")
         line = None
         while parts and line is None:  # nearest enclosing key that has a line
-            line = self.lines.get(".".join(parts))
+            joined = ".".join(parts)
+            line = self.lines.get(joined) or self.lines.get(re.sub(r"\[\d+\]", "", joined))
             parts.pop()
         where = f"{self.source}:{line}" if line else self.source
         return CostModelError(f"{where}: key '{key}': {problem}")
@@ -175,6 +178,7 @@ def model_from_dict(
     model = _BUILDERS[kind](ctx, comp, common)
     if model.clock_hz is None and kind in ("bit_serial", "bit_flexible", "fixed_npu"):
         raise ctx.fail("clock_hz", f"required key missing (kind {kind} counts cycles)")
+    other_ops = _other_ops(ctx, d.get("other_ops"))
     if "cost_table" in d:
         from cost_models.table import TableCostModel, load_cost_table
 
@@ -186,8 +190,26 @@ def model_from_dict(
         if not table_path.exists():
             raise ctx.fail("cost_table", f"file not found: {table_path}")
         table = load_cost_table(table_path)
-        return TableCostModel(model, table, interpolation=interp)
+        model = TableCostModel(model, table, interpolation=interp)
+    model.other_ops = other_ops
     return model
+
+
+def _other_ops(ctx: _Ctx, v: Any) -> dict[str, float]:
+    """``other_ops``: measured time of a model's non-quantizable ops, per model fingerprint."""
+    if v is None:
+        return {}
+    if not isinstance(v, list):
+        raise ctx.fail("other_ops", "expected a list of {model, fingerprint, latency_s}")
+    out = {}
+    for k, item in enumerate(v):
+        path = f"other_ops[{k}]."
+        item = ctx.mapping(item, path, OTHER_OPS_KEYS)
+        fp = item.get("fingerprint")
+        if not isinstance(fp, str) or not fp:
+            raise ctx.fail(f"{path}fingerprint", "required string missing")
+        out[fp] = ctx.num(item, "latency_s", path, allow_zero=True)
+    return out
 
 
 def _table_interpolation(ctx: _Ctx, d: dict, kind: str) -> str:

@@ -82,6 +82,7 @@ class Measurement:
     latency_s: float
     energy_j: float | None
     line: int
+    backend: str = ""  # what ran (e.g. "int8-x86", "fp32"), as the table says
 
 
 @dataclass
@@ -237,7 +238,7 @@ def _add_row(table: CostTable, src: str, line: int, header: list[str], cells: li
     if bits in per_shape:
         raise _fail(src, line, "w_bits",
                     f"duplicate row: same shape, batch and bits as line {per_shape[bits].line}")  # fmt: skip
-    per_shape[bits] = Measurement(latency, energy, line)
+    per_shape[bits] = Measurement(latency, energy, line, row.get("backend", ""))
 
 
 def _check_monotone(table: CostTable) -> None:
@@ -323,6 +324,24 @@ class TableCostModel(CostModel):
 
     def group_overhead(self, layer: LayerInfo) -> Cost:
         return self.analytic.group_overhead(layer)
+
+    @property
+    def static_w(self) -> float:
+        return self.analytic.static_w
+
+    def backend(self, layer: LayerInfo, w_bits: int, a_bits: int) -> str:
+        """The measured row's ``backend`` that prices these bits ("" if not measured): tells a
+        deployment which kernel the prediction assumed (int8 or the faster fp32 fallback)."""
+        key = shape_key(layer, self.batch)
+        per_shape = self.table.rows.get(key) if key is not None else None
+        if not per_shape:
+            return ""
+        ok = [
+            (m.latency_s, pw * pa, m)
+            for (pw, pa), m in per_shape.items()
+            if pw >= w_bits and pa >= a_bits
+        ]
+        return min(ok, key=lambda t: (t[0], t[1]))[2].backend if ok else ""
 
     def kernel_key(self, layer: LayerInfo, w_bits: int, a_bits: int) -> tuple:
         """The hardware's executed precision; bilinear tables price every bit-width on its own."""

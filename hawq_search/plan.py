@@ -118,7 +118,8 @@ class Plan:
 
     def price(self, cost_model) -> dict:
         """Per-layer and total latency/energy under ``cost_model`` (one sub-kernel per executed
-        precision, exact tile padding), recorded in the plan; returns the totals."""
+        precision, exact tile padding), recorded in the plan; returns the totals. Totals include
+        the model's measured non-quantizable ops (``cost_model.fixed_cost``) when known."""
         latency = energy = 0.0
         extrapolated = []
         for lp in self.layers:
@@ -134,8 +135,12 @@ class Plan:
             energy += c.energy_j
             if c.extrapolated:
                 extrapolated.append(lp.name)
+        other = cost_model.fixed_cost([lp.info for lp in self.layers])
+        latency += other.latency_s
+        energy += other.energy_j
         self.totals.update(
             {
+                "other_ops_latency_s": other.latency_s,
                 "accelerator": cost_model.name,
                 "accelerator_batch": cost_model.batch,
                 "latency_s": latency,

@@ -161,10 +161,17 @@ def accelerator_resources(
         if over.energy_j > 0:
             en_ovh[layer.name] = np.full(len(w_bits), over.energy_j)
     common = {"quantum": quantum, "classes": classes}
+    fixed = cost_model.fixed_cost(graph.layers)  # non-quantizable ops: the same for every plan
     return [
-        Resource("latency", "s", latency_budget_s, pair=lat_pair, overhead=lat_ovh, **common),
-        Resource("energy", "J", energy_budget_j, pair=en_pair, overhead=en_ovh, **common),
-    ]
+        Resource(
+            "latency", "s", latency_budget_s, pair=lat_pair, overhead=lat_ovh,
+            constant=fixed.latency_s, **common,
+        ),
+        Resource(
+            "energy", "J", energy_budget_j, pair=en_pair, overhead=en_ovh,
+            constant=fixed.energy_j, **common,
+        ),
+    ]  # fmt: skip
 
 
 def kernel_classes(

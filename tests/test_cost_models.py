@@ -466,3 +466,41 @@ def test_profile_local_cpu_writes_loadable_profile(tmp_path):
         assert c4.latency_s == c8.latency_s <= c32.latency_s
         assert c8.latency_s > 0 and math.isfinite(c8.energy_j)
     assert m.layer_cost(conv("new", 8, 8, 8), 8, 8).extrapolated
+
+
+def test_profile_measures_other_ops_of_its_model_only(tmp_path):
+    import torch
+    from torch import nn
+
+    from cost_models.base import model_fingerprint
+    from hawq_search.graph.trace import trace_model
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    ).eval()  # fmt: skip
+    layers = trace_model(net, torch.zeros(1, 3, 8, 8)).layers
+    path = profile_local_cpu(
+        layers, tmp_path / "prof", repeats=4, warmup=1, threads=1, model=net,
+        input_shape=(3, 8, 8), model_name="tiny", rounds=2,
+    )  # fmt: skip
+    text = path.read_text()
+    assert "other_ops:" in text and model_fingerprint(layers, 1) in text
+    m = load_accelerator(path)
+    other = m.fixed_cost(layers)
+    assert other.latency_s > 0 and other.bound == "measured"
+    assert m.fixed_cost([conv("other", 3, 8, 8)]).latency_s == 0  # another model: not applied
+    for layer in layers:
+        assert m.backend(layer, 8, 8) in ("fp32",) or m.backend(layer, 8, 8).startswith("int8-")
+        assert m.backend(layer, 32, 32) == "fp32"
+    assert m.backend(conv("unmeasured", 5, 7, 9), 8, 8) == ""
+
+
+def test_other_ops_validation(tmp_path):
+    base = (PROFILE_DIR / "generic_cpu.yaml").read_text()
+    p = _write(tmp_path, "x.yaml", base + "other_ops:\n  - model: m\n    latency_s: 0.001\n")
+    with pytest.raises(CostModelError, match=r"x\.yaml:\d+: key 'other_ops\[0\]\.fingerprint'"):
+        load_accelerator(p)
+    p = _write(tmp_path, "y.yaml", base + "other_ops:\n  - {fingerprint: abc, latency_s: -1}\n")
+    with pytest.raises(CostModelError, match="must be >= 0"):
+        load_accelerator(p)

@@ -9,8 +9,9 @@ import click
 from hawq_search.cli.options import parse_bits
 
 
-def _graph_of(model: str):
-    """Traced graph of a model's architecture (costs need shapes, not weights)."""
+def _graph_of(model: str, *, with_model: bool = False):
+    """Traced graph of a model's architecture (costs need shapes, not weights); with the
+    network and its input size if asked."""
     import torch
 
     from hawq_search.graph.trace import trace_model
@@ -22,7 +23,8 @@ def _graph_of(model: str):
     else:
         spec = get_model_spec(model)
         net, size = spec.builder(num_classes=spec.num_classes), spec.preprocess.input_size
-    return trace_model(net.eval(), torch.zeros(1, *size))
+    graph = trace_model(net.eval(), torch.zeros(1, *size))
+    return (graph, net, tuple(size)) if with_model else graph
 
 
 @click.group()
@@ -80,6 +82,14 @@ def show(accelerator: str, model: str, wbits, abits, accel_batch) -> None:
             + " ".join(f"{c.latency_s * 1e6:9.2f}" for c in costs)
             + f"  {ref.bound:8s}  {flag}"
         )
+    other = cm.fixed_cost(graph.layers)
+    if other.latency_s:
+        click.echo(
+            f"{'other ops (measured)':26s} "
+            + " ".join(f"{other.latency_s * 1e6:9.2f}" for _ in wbits)
+        )
+        totals = [t + other.latency_s for t in totals]
+        energy = [e + other.energy_j for e in energy]
     click.echo(f"{'total latency (ms)':26s} " + " ".join(f"{t * 1e3:9.4f}" for t in totals))
     click.echo(f"{'total energy (mJ)':26s} " + " ".join(f"{e * 1e3:9.4f}" for e in energy))
     click.echo(", ".join(f"{n} {k}-bound" for k, n in bounds.items() if n) + " layers at w8")
@@ -113,7 +123,7 @@ def check(path: str) -> None:
 )
 @click.option(
     "--repeats",
-    default=15,
+    default=50,
     show_default=True,
     type=int,
     help="Timed runs per layer and precision (median).",
@@ -127,8 +137,11 @@ def profile(model: str, out: str, repeats: int, batch: int, threads) -> None:
 
     if repeats < 1 or batch < 1:
         raise click.BadParameter("--repeats and --batch must be >= 1")
-    graph = _graph_of(model)
-    path = profile_local_cpu(graph.layers, out, repeats=repeats, batch=batch, threads=threads)
+    graph, net, size = _graph_of(model, with_model=True)
+    path = profile_local_cpu(
+        graph.layers, out, repeats=repeats, batch=batch, threads=threads,
+        model=net, input_shape=size, model_name=model,
+    )  # fmt: skip
     click.echo(
         f"wrote {path} and its cost table ({len(graph.layers)} layers); use --accelerator {path}"
     )
