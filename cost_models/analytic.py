@@ -404,7 +404,8 @@ GPU_PRECISIONS = (
 
 @dataclass(repr=False)
 class GPUTensorCoreModel(AnalyticModel):
-    """GPU with tensor-core int8/int4 pairs: ``t_c = 2*MACs / (peak_ops(prec) * eta)``.
+    """GPU with tensor-core int8/int4 pairs: ``t_c = 2*MACs*pad / (peak_ops(prec) * eta)``,
+    ``pad = ceil(N / channel_tile) * channel_tile / N`` for N output channels.
 
     The executed precision is the narrowest one with ``w <= max_w`` and ``a <= max_a`` among the
     peaks the profile lists: both operands must be low-bit, so W4A8 runs as int8 x int8 and W8A16
@@ -414,7 +415,13 @@ class GPUTensorCoreModel(AnalyticModel):
     """
 
     peak_ops_per_s: dict[str, float] = field(default_factory=dict)
+    channel_tile: int = 1  # output channels per tensor-core MMA tile (its N dimension)
     kind: str = "gpu_tensor_core"
+
+    def channel_quantum(self, layer: LayerInfo) -> int:
+        """A GEMM's output channels run in MMA tiles of ``channel_tile``: a sub-kernel of 3
+        channels computes a whole tile."""
+        return self.channel_tile
 
     def precision(self, w_bits: int, a_bits: int) -> tuple[str, int, int]:
         for name, mw, ma in GPU_PRECISIONS:
@@ -428,7 +435,8 @@ class GPUTensorCoreModel(AnalyticModel):
 
     def compute(self, g: Gemm, layer: LayerInfo, w: int, a: int) -> tuple[float, float | None]:
         name, _, _ = self.precision(w, a)
-        return 2.0 * g.macs / self.peak_ops_per_s[name], None
+        padded = math.ceil(g.n / self.channel_tile) * self.channel_tile / g.n  # N = out channels
+        return 2.0 * g.macs * padded / self.peak_ops_per_s[name], None
 
 
 @dataclass(repr=False)

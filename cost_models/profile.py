@@ -41,7 +41,7 @@ COMPUTE_KEYS = {
     "bit_serial": {"array", "serial", "parallel_bits", "depthwise_law"},
     "bit_flexible": {"rows", "cols", "pmax", "pmin"},
     "fixed_npu": {"macs_per_cycle", "pairs", "float_slowdown", "array"},
-    "gpu_tensor_core": {"peak_ops_per_s"},
+    "gpu_tensor_core": {"peak_ops_per_s", "channel_tile"},
     "cpu": {"cores", "simd_bits", "fma_per_cycle", "int8_speedup"},
 }
 MEMORY_KEYS = {"name", "bandwidth_Bps", "bandwidth_bits_per_cycle", "pj_per_bit", "holds",
@@ -373,7 +373,8 @@ def _gpu(ctx: _Ctx, c: dict, common: dict) -> AnalyticModel:
             )
     if "fp32" not in peaks:
         raise ctx.fail("compute.peak_ops_per_s.fp32", "required key missing (prices 32-bit layers)")
-    return GPUTensorCoreModel(**common, peak_ops_per_s=peaks)
+    tile = ctx.int_(c, "channel_tile", "compute.", default=1)
+    return GPUTensorCoreModel(**common, peak_ops_per_s=peaks, channel_tile=tile)
 
 
 def _cpu(ctx: _Ctx, c: dict, common: dict) -> AnalyticModel:

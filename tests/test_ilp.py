@@ -174,13 +174,22 @@ def _close(a: float, b: float, rel: float = 1e-9) -> bool:
 # checked against its documented relative gap.
 EXACT = IlpSearch(mip_rel_gap=0.0)
 DEFAULT = IlpSearch()
+# The large-model path (LP bound, incumbent, reduced-cost fixing), forced on small problems.
+LARGE_PATH = IlpSearch(mip_rel_gap=0.0, reduce_above=0)
 
 
 def _check_against_brute_force(problem: SearchProblem) -> SearchStatus:
     ref = BruteForceSearch().solve(problem)
     got = EXACT.solve(problem)
     default = DEFAULT.solve(problem)
-    assert got.success == ref.success == default.success, (ref, got)
+    large = LARGE_PATH.solve(problem)
+    assert got.success == ref.success == default.success == large.success, (ref, got, large)
+    if ref.success:
+        assert _close(large.objective, ref.objective, rel=1e-7), (large.objective, ref)
+        _, costs = problem.evaluate(large.w_choice, large.a_choice)
+        for r in problem.resources:
+            if r.budget is not None:
+                assert costs[r.name] <= r.budget - r.slack + 1e-7 * max(1.0, abs(r.budget))
     if not ref.success:
         assert got.status is default.status is SearchStatus.INFEASIBLE
         return got.status
@@ -214,13 +223,24 @@ def test_ilp_equals_brute_force(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_ilp_equals_brute_force_per_channel(seed):
-    """One group per channel: the integer option counts with continuous assignments."""
+    """One group per channel, on the large-model path (integer option counts with continuous
+    assignments, LP bound, incumbent, reduced-cost fixing) and the plain binary path."""
     rng = np.random.default_rng(2000 + seed)
+    large_path = IlpSearch(mip_rel_gap=0.0, reduce_above=0)
     statuses = []
     for _ in range(20):
         problem = random_problem(rng, per_channel=True, disallow=False)
         set_random_budgets(problem, rng)
         statuses.append(_check_against_brute_force(problem))
+        ref = BruteForceSearch().solve(problem)
+        got = large_path.solve(problem)
+        assert got.success == ref.success
+        if ref.success:
+            assert _close(got.objective, ref.objective, rel=1e-7), (got.objective, ref.objective)
+            _, costs = problem.evaluate(got.w_choice, got.a_choice)
+            for r in problem.resources:
+                if r.budget is not None:
+                    assert costs[r.name] <= r.budget - r.slack + 1e-7 * max(1.0, abs(r.budget))
     assert SearchStatus.OPTIMAL in statuses
 
 
