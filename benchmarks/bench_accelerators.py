@@ -69,21 +69,23 @@ ACCELS = (
 LOAD_LIMIT = 1.5
 NOTES = [
     "Latency and energy are per batch of the profile's batch size (bismo 16, BitFusion 16, T4 8 or "
-    "the --accel-batch override), as priced by `Plan.price` (one sub-kernel per bit-width group, "
-    "exact tile padding) after `Session.search`'s re-pricing loop; the ILP status, gap and solve "
-    "time are those of the last round.",
+    "the --accel-batch override), as priced by `Plan.price` (one sub-kernel per executed "
+    "precision, exact tile padding) after `Session.search`'s re-pricing loop; the ILP status, gap "
+    "and solve time are those of the last round.",
     "Budget = 60 % of the uniform W8A8 plan's latency on the same accelerator; 'smallest "
     "reachable' is the exact latency of the uniform W2A4 plan (every cost is non-decreasing in "
-    "bits). On the T4 at batch 8 the 56 per-layer launch overheads (5 us each, 0.28 ms) exceed "
-    "the 0.27 ms budget by themselves: infeasible, reported as the CLI reports it.",
-    "The two T4 batch-8 error messages state different smallest latencies (0.3658 ms per layer, "
-    "0.3677 ms per channel) for the same smallest plan: `searches.ilp.resource_range` hands "
-    "HiGHS an unscaled objective in seconds (coefficients ~1e-9), below its tolerances.",
+    "bits). On the T4 at batch 8 the per-layer launch overheads (5 us per kernel) take most of "
+    "the budget; when no plan fits, the row shows the CLI's error.",
     "Top-1 on 1,000 images: one image is 0.1 point, so differences below ~1 point are noise.",
     "Part 2's losses are synthetic (random weights): the solve time is what is measured, the "
     "plan itself means nothing.",
-    "Part 3: the load average was far above 1.5 throughout (other benchmarks share the 2 cores), "
-    "so the measured times carry that noise; see the load figures above.",
+    "Part 3 times batch-1 forwards of the deployed model: layers that are <= 8 bits and that the "
+    "profile measured faster in int8 run as torch quantized modules (x86 engine) wrapped in "
+    "quantize/dequantize, the rest in fp32; BatchNorm, ReLU, adds and pooling stay fp32 and are "
+    "predicted by the profile's measured other_ops. This machine has slow and fast phases (the "
+    "same deployed W8A8 ResNet-56 measured 2.7 ms and 3.5 ms in two runs of this script minutes apart); profile and measurement are taken "
+    "minutes apart, so both see the same phase, but a profile reused in another phase is off by "
+    "that much.",
 ]
 
 
@@ -485,6 +487,8 @@ def report(res: dict, cmd: str) -> str:
     L = [
         cmd,
         "",
+        f"Code: commit {res.get('commit', '?')}.",
+        "",
         "# Accelerator-aware mixed precision: ResNet-56 on three accelerators, ResNet-50 ILP, local CPU",
         "",
     ]
@@ -619,6 +623,11 @@ def main() -> int:
     t_start = time.time()
     res: dict = {
         "command": cmd,
+        "commit": subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip(),  # fmt: skip
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "load_start": os.getloadavg(),
         "machine": {
