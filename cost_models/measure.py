@@ -142,7 +142,7 @@ def profile_local_cpu(
     model=None,
     input_shape: tuple[int, ...] | None = None,
     model_name: str = "model",
-    rounds: int = 5,
+    rounds: int = 10,
 ) -> Path:
     """Time ``layers`` here; write ``<name>.yaml`` + ``<name>.costs.csv`` in ``out_dir``.
 
@@ -218,14 +218,14 @@ def _interleaved_medians(
     jobs: dict[str, Callable[[], object]], repeats: int, warmup: int, rounds: int
 ) -> dict[str, float]:
     """``repeats`` timed calls per job split over ``rounds`` rounds that visit every job in
-    turn; returns the median over rounds of each round's median."""
+    turn; returns the smallest of each job's round medians."""
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, -(-repeats // rounds))
     samples: dict[str, list[float]] = {k: [] for k in jobs}
     for r in range(rounds):
         for k, fn in jobs.items():
             samples[k].append(_median_time(fn, per_round, warmup if r == 0 else 2))
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return {k: min(v) for k, v in samples.items()}
 
 
 def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, other, rounds) -> Path:
@@ -245,8 +245,8 @@ def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, oth
     if int8 and engine is None:
         warnings.warn(f"no torch int8 backend runs here ({why}); recording fp32 only", stacklevel=3)
 
-    # Every timed call, run in interleaved rounds: the median over rounds of each round's median
-    # is robust to the machine drifting (frequency, neighbours) during the profile.
+    # Every timed call, run in interleaved rounds; the fastest round's median is kept: noise on
+    # a shared machine only ever adds time, and slow phases come and go (neighbours, frequency).
     jobs: dict[str, Callable[[], object]] = {}
     int8_failures = []
     for layer in unique.values():
