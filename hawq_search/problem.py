@@ -84,6 +84,15 @@ def build_problem(
             groups.append(WeightGroup(layer.name, (start, stop), loss[start:stop].sum(axis=0)))
             size_rows.append([(stop - start) * channel_bits_cost(layer, b) for b in w_bits])
             allowed_rows.append(allowed)
+    # A layer rounds its packed bits up to whole bytes: exact with one integer per layer whose
+    # options do not all pack whole bytes (the stem convolution, depthwise layers).
+    round_up = {
+        layer.name: np.array(
+            [0.0 if b in UNQUANTIZED_BITS else layer.params_per_channel * b / 8 for b in w_bits]
+        )
+        for layer in graph.layers
+        if any(layer.params_per_channel * b % 8 for b in w_bits if b not in UNQUANTIZED_BITS)
+    }
     act_groups = list(graph.act_groups)
     act_loss = np.array([table.act[g] for g in act_groups]).reshape(len(act_groups), len(a_bits))
     size = Resource(
@@ -91,15 +100,8 @@ def build_problem(
         "bytes",
         size_budget_bytes,
         weight=np.array(size_rows),
-        # A layer rounds its packed bits up to whole bytes: exact with one integer per layer
-        # whose options do not all pack whole bytes (none in most convolutions).
-        round_up={
-            layer.name: np.array(
-                [0.0 if b in UNQUANTIZED_BITS else layer.params_per_channel * b / 8 for b in w_bits]
-            )
-            for layer in graph.layers
-            if any(layer.params_per_channel * b % 8 for b in w_bits if b not in UNQUANTIZED_BITS)
-        },
+        round_up=round_up,
+        round_reserve=_byte_reserve(size_budget_bytes, len(round_up)),
     )
     bops = Resource(
         "bops",
@@ -129,6 +131,19 @@ def build_problem(
         resources=resources,
         w_allowed=np.array(allowed_rows),
     )
+
+
+def _byte_reserve(budget: float | None, rounded_layers: int) -> float | None:
+    """Reserve that makes the un-rounded size constraint exact, when one exists.
+
+    Everything but the rounded layers' packed bits is whole bytes, so with one rounded layer
+    (a ResNet's stem) ``ceil(s) + R <= B  <=>  s + R <= floor(B)``: a linear constraint with
+    ``B - floor(B)`` reserved, no integer variable. With several (depthwise layers) no reserve
+    is both safe and exact: None, and the ILP models each rounding with an integer.
+    """
+    if budget is None or rounded_layers > 1:
+        return None
+    return float(budget - np.floor(budget))
 
 
 def accelerator_resources(

@@ -28,6 +28,8 @@ range is about 1e3: HiGHS's absolute tolerances otherwise make it stop at once a
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import os
 import sys
 import time
@@ -533,6 +535,28 @@ class IlpSearch:
         return res, float(getattr(res, "mip_gap", 0.0) or 0.0)
 
     def solve(self, problem: SearchProblem) -> SearchResult:
+        """Solve; a resource whose per-layer rounding has an exact linear form
+        (``round_reserve``) is solved with it instead of integer variables, which slow HiGHS's
+        branch-and-bound by an order of magnitude (ResNet-56 per channel, size + BOPs: 60 s
+        unfinished vs 1.9 s)."""
+        linear = [
+            r for r in problem.resources
+            if r.budget is not None and r.round_up and r.round_reserve is not None
+        ]  # fmt: skip
+        if not linear:
+            return self._solve(problem)
+        relaxed = copy.copy(problem)
+        relaxed.resources = [
+            dataclasses.replace(r, round_up={}, slack=r.slack + r.round_reserve)
+            if r in linear else r
+            for r in problem.resources
+        ]  # fmt: skip
+        res = self._solve(relaxed)
+        if res.w_choice is not None:  # costs with the exact rounding
+            res = dataclasses.replace(res, costs=problem.evaluate(res.w_choice, res.a_choice)[1])
+        return res
+
+    def _solve(self, problem: SearchProblem) -> SearchResult:
         t0 = time.perf_counter()
         active = [r for r in problem.resources if r.budget is not None]
         # Large models take the LP-bound path, where counts keep its MILPs small; below that,

@@ -62,6 +62,9 @@ class Resource:
     constant: float = 0.0  # cost independent of the decisions
     slack: float = 0.0  # reserved from the budget
     round_up: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (n_w_bits,)
+    # Reserve that makes the linear (un-rounded) constraint imply the rounded one; None: always
+    # model the rounding with integers. Solvers try it first: integers slow branch-and-bound.
+    round_reserve: float | None = None
 
     def classes_of(self, layer: str, n_options: int) -> tuple[int, ...]:
         return self.classes.get(layer, tuple(range(n_options)))

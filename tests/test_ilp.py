@@ -417,3 +417,41 @@ def test_brute_force_is_exact_at_tiny_loss_scales():
         ref = BruteForceSearch().solve(problem)
         got = BruteForceSearch().solve(tiny)
         assert _close(got.objective * 1e12, ref.objective, 1e-6)
+
+
+@pytest.mark.parametrize("ppcs", [(3, 8), (3, 9, 16)])
+def test_linear_byte_reserve_matches_exact_rounding(ppcs):
+    """Size with per-layer byte rounding: the linear solve with ``round_reserve`` (exact for one
+    rounded layer, conservative then exact by integers for several) equals brute force."""
+    from hawq_search.problem import _byte_reserve
+
+    rng = np.random.default_rng(len(ppcs))
+    w_bits, a_bits = (2, 3, 4, 8), (8,)
+    layers = [_layer(f"l{i}", 2, ppc, 10, "act0", i) for i, ppc in enumerate(ppcs)]
+    groups = [
+        WeightGroup(layer.name, (c, c + 1), np.sort(rng.random(len(w_bits)))[::-1])
+        for layer in layers
+        for c in range(layer.out_channels)
+    ]
+    weight = np.array([[layers[int(g.layer[1:])].params_per_channel * b / 8 + 8 for b in w_bits]
+                       for g in groups])  # fmt: skip
+    round_up = {
+        layer.name: layer.params_per_channel * np.array(w_bits, float) / 8
+        for layer in layers
+        if layer.params_per_channel % 8
+    }
+    sizes = []
+    for budget_seed in range(12):
+        problem = SearchProblem(layers, w_bits, a_bits, groups, ["act0"], np.zeros((1, 1)), [
+            Resource("size", "bytes", None, weight=weight, round_up=round_up)])  # fmt: skip
+        if not sizes:
+            sizes = sorted({c["size"] for _, c in all_costs(problem)})
+        budget = float(sizes[budget_seed * (len(sizes) - 1) // 11]) + float(rng.choice([0, 0.5]))
+        size = problem.resource("size")
+        size.budget, size.round_reserve = budget, _byte_reserve(budget, len(round_up))
+        ref = BruteForceSearch().solve(problem)
+        got = EXACT.solve(problem)
+        assert got.success == ref.success
+        if ref.success:
+            assert _close(got.objective, ref.objective, rel=1e-7)
+            assert got.costs["size"] <= budget
