@@ -73,6 +73,7 @@ class RunConfig:
     out: str | None = None
     batch_size: int = 128
     time_limit_s: float = 60.0
+    mip_gap: float = 1e-4  # relative gap on the predicted loss increase
     hessian_probes: int = 100
     bn_correction: bool = True
     accelerator: str | None = None  # built-in profile name or profile YAML path
@@ -321,7 +322,7 @@ class Session:
         targets = self._targets()
         ilp_budgets = dict(targets)
         problem = self._problem(table, ilp_budgets["latency"], ilp_budgets["energy"])
-        solver = IlpSearch(time_limit=c.time_limit_s)
+        solver = IlpSearch(time_limit=c.time_limit_s, mip_rel_gap=c.mip_gap)
         for attempt in range(1, 9):  # noqa: B007 - reported after the loop
             result = solver.solve(problem)
             if result.status is SearchStatus.INFEASIBLE:

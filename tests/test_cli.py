@@ -200,6 +200,7 @@ BAD = {
     "bops-negative": (lambda a, e: _set(a, "--bops", -5), "--bops must be > 0"),
     "batch-size-zero": (lambda a, e: _set(a, "--batch-size", 0), "--batch-size must be >= 1"),
     "time-limit-zero": (lambda a, e: _set(a, "--time-limit", 0), "--time-limit must be > 0"),
+    "mip-gap-one": (lambda a, e: _set(a, "--mip-gap", 1), "--mip-gap must be in [0, 1)"),
     "unknown-option": (lambda a, e: a + ["--frobnicate"], "No such option"),
     "sensitivity-bad": (lambda a, e: _set(a, "--sensitivity", "kfac"), "'kfac' is not one of"),
 }  # fmt: skip

@@ -167,6 +167,13 @@ search_options = _compose(
         help="ILP time limit in seconds.",
     ),
     click.option(
+        "--mip-gap",
+        default=1e-4,
+        show_default=True,
+        type=float,
+        help="Relative optimality gap on the predicted loss increase at which the ILP stops.",
+    ),
+    click.option(
         "--accelerator", help="Built-in profile (hawq-search cost list) or a profile YAML path."
     ),
     click.option(
@@ -197,6 +204,8 @@ def build_config(**kw) -> RunConfig:
         raise click.BadParameter("--accel-batch must be >= 1")
     if kw.get("time_limit") is not None and not kw["time_limit"] > 0:
         raise click.BadParameter("--time-limit must be > 0")
+    if kw.get("mip_gap") is not None and not 0 <= kw["mip_gap"] < 1:
+        raise click.BadParameter("--mip-gap must be in [0, 1)")
     c = RunConfig()
     mapping = {
         "model": "model",
@@ -219,6 +228,7 @@ def build_config(**kw) -> RunConfig:
         "sensitivity": "sensitivity",
         "hessian_probes": "hessian_probes",
         "time_limit": "time_limit_s",
+        "mip_gap": "mip_gap",
         "accelerator": "accelerator",
         "accel_batch": "accel_batch",
         "latency_ms": "latency_ms",
