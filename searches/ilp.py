@@ -464,6 +464,8 @@ class IlpSearch:
     Args:
         time_limit: seconds before HiGHS returns its best plan so far (status FEASIBLE).
         mip_rel_gap: relative optimality gap at which the plan counts as optimal.
+        reduce_above: weight groups x options from which the large-model path runs (integer
+            option counts, LP bound, incumbent, reduced-cost fixing; see ``_solve_reduced``).
     """
 
     name = "ilp-highs"
