@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from hawq_search.pipeline import jsonable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -38,7 +39,6 @@ __all__ = [
     "md_table",
     "Header",
     "write_results",
-    "to_jsonable",
 ]
 
 
@@ -165,20 +165,6 @@ class Header:
         )
 
 
-def to_jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
-
-
 def write_results(
     stem: str, header: Header, title: str, body: str, data: dict, out_dir: Path = RESULTS
 ) -> tuple[Path, Path]:
@@ -187,5 +173,5 @@ def write_results(
     md = out_dir / f"{stem}.md"
     js = out_dir / f"{stem}.json"
     md.write_text(header.markdown(title) + "\n" + body.rstrip() + "\n")
-    js.write_text(json.dumps(to_jsonable({**header.to_dict(), **data}), indent=1) + "\n")
+    js.write_text(json.dumps(jsonable({**header.to_dict(), **data}), indent=1) + "\n")
     return md, js

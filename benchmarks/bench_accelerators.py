@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 import hawq_search  # noqa: F401 - first: `import cost_models` alone hits a circular import
+from cost_models.measure import interleaved_round_medians
 from cost_models.registry import load_accelerator
 from hawq_search.exceptions import InfeasibleBudgetError
 from hawq_search.pipeline import RunConfig, Session, jsonable
@@ -417,7 +418,7 @@ def part3(work: Path, ref: Session, repeats: int) -> dict:
     evalx, evaly = s.eval_data.images, s.eval_data.labels
     out = {"profile_s": prof_s, "profile_cmd": shlex.join(cmd), "batch": batch, "threads": torch.get_num_threads(),
            "repeats": repeats, "plans": {}}  # fmt: skip
-    models, accs, rounds = {}, {}, {k: [] for k in plans}
+    models, accs = {}, {}
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for label_, plan in plans.items():
@@ -427,9 +428,10 @@ def part3(work: Path, ref: Session, repeats: int) -> dict:
         # profile does): a single timing block drifts by tens of percent with the CPU's state. Timed
         # on models that never ran a large batch: one 1,000-image forward slows the quantized
         # engine's later batch-1 calls by ~45 % here, which no batch-1 deployment would see.
-        for _ in range(ROUNDS):
-            for label_, model in models.items():
-                rounds[label_].append(median_time(lambda m=model: m(x), repeats, 20))
+        rounds = interleaved_round_medians(
+            {label_: (lambda m=model: m(x)) for label_, model in models.items()},
+            rounds=ROUNDS, per_round=repeats, warmup=20, rewarm=20,
+        )  # fmt: skip
         for label_, plan in plans.items():  # accuracy on separate copies
             acc_model = deployable(s.model, plan, calib, cm)
             accs[label_] = float((acc_model(evalx).argmax(1) == evaly).float().mean() * 100)

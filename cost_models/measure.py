@@ -34,7 +34,7 @@ from cost_models.base import model_fingerprint
 from cost_models.table import shape_key, write_cost_table
 from hawq_search.graph.layers import LayerInfo
 
-__all__ = ["profile_local_cpu", "INT8_ENGINES"]
+__all__ = ["profile_local_cpu", "interleaved_round_medians", "INT8_ENGINES"]
 
 INT8_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
 
@@ -214,18 +214,22 @@ def _other_ops_call(model, layers: list[LayerInfo], input_shape, batch) -> Calla
     return lambda: net(x)
 
 
-def _interleaved_medians(
-    jobs: dict[str, Callable[[], object]], repeats: int, warmup: int, rounds: int
-) -> dict[str, float]:
-    """``repeats`` timed calls per job split over ``rounds`` rounds that visit every job in
-    turn; returns the smallest of each job's round medians."""
-    rounds = max(1, min(rounds, repeats))
-    per_round = max(1, -(-repeats // rounds))
+def interleaved_round_medians(
+    jobs: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    per_round: int,
+    warmup: int,
+    rewarm: int = 2,
+) -> dict[str, list[float]]:
+    """Time every job in ``rounds`` rounds that visit the jobs in turn: ``per_round`` timed calls
+    per job and round (after ``warmup`` calls in the first round, ``rewarm`` later). Returns each
+    job's round medians; the smallest is the figure to use, since noise only adds time."""
     samples: dict[str, list[float]] = {k: [] for k in jobs}
     for r in range(rounds):
         for k, fn in jobs.items():
-            samples[k].append(_median_time(fn, per_round, warmup if r == 0 else 2))
-    return {k: min(v) for k, v in samples.items()}
+            samples[k].append(_median_time(fn, per_round, warmup if r == 0 else rewarm))
+    return samples
 
 
 def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, other, rounds) -> Path:
@@ -269,7 +273,13 @@ def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, oth
     jobs["tiny"] = lambda: tiny(xt)
     if other is not None:
         jobs["other"] = other[1]
-    t = _interleaved_medians(jobs, repeats, warmup, rounds)
+    rounds = max(1, min(rounds, repeats))
+    t = {
+        k: min(v)
+        for k, v in interleaved_round_medians(
+            jobs, rounds=rounds, per_round=-(-repeats // rounds), warmup=warmup
+        ).items()
+    }
 
     rows, speedups = [], []
     for (key, _, _), layer in unique.items():

@@ -625,10 +625,16 @@ def config_dict(config: RunConfig) -> dict:
 
 
 def jsonable(x):
+    """``x`` with numpy scalars and arrays as Python values and non-finite floats as None, so
+    ``json.dumps`` writes strict JSON."""
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
     if isinstance(x, (np.floating, np.integer)):
-        return x.item()
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
     return x
