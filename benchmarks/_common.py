@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hawq_search.pipeline import jsonable
+from hawq_search.files import jsonable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

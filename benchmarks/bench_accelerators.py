@@ -6,7 +6,7 @@ Part 1 (ResNet-56, CIFAR-10): calibration and Fisher sensitivities on 512 images
 ``cifar10-lossless/train`` (seed 0), evaluation on the 1,000 images of ``cifar10-lossless/test``;
 weight options 2,3,4,5,6,8 and activation options 4,8 (searched per activation group). For each
 accelerator the latency budget is 60 % of the uniform W8A8 plan's latency; plans per layer and per
-output channel, priced exactly (``Plan.price``) after ``Session.search``'s re-pricing loop.
+output channel, priced exactly (``Plan.price``) after ``Pipeline.search``'s re-pricing loop.
 
 Part 2: torchvision ResNet-50 with random weights (seed 0), synthetic per-channel losses
 ``lognormal(0, 1) * ||Q_b(W_c) - W_c||^2`` (``hawq_search.sensitivity.fisher.weight_deltas``),
@@ -47,11 +47,13 @@ import numpy as np
 import torch
 
 import hawq_search  # noqa: F401 - first: `import cost_models` alone hits a circular import
-from cost_models.measure import interleaved_round_medians
 from cost_models.registry import load_accelerator
-from hawq_search.exceptions import InfeasibleBudgetError
-from hawq_search.pipeline import RunConfig, Session, jsonable
-from hawq_search.problem import build_problem
+from hawq_search.config import RunConfig
+from hawq_search.core.exceptions import InfeasibleBudgetError
+from hawq_search.cpu_profile import interleaved_round_medians
+from hawq_search.files import jsonable
+from hawq_search.pipeline import Pipeline
+from hawq_search.problem_builder import build_problem
 from hawq_search.sensitivity.table import SensitivityTable
 from searches.ilp import IlpSearch
 
@@ -71,7 +73,7 @@ LOAD_LIMIT = 1.5
 NOTES = [
     "Latency and energy are per batch of the profile's batch size (bismo 16, BitFusion 16, T4 8 or "
     "the --accel-batch override), as priced by `Plan.price` (one sub-kernel per executed "
-    "precision, exact tile padding) after `Session.search`'s re-pricing loop; the ILP status, gap "
+    "precision, exact tile padding) after `Pipeline.search`'s re-pricing loop; the ILP status, gap "
     "and solve time are those of the last round.",
     "Budget = 60 % of the uniform W8A8 plan's latency on the same accelerator; 'smallest "
     "reachable' is the exact latency of the uniform W2A4 plan (every cost is non-decreasing in "
@@ -80,7 +82,7 @@ NOTES = [
     "Top-1 on 1,000 images: one image is 0.1 point, so differences below ~1 point are noise.",
     "Part 2's losses are synthetic (random weights): the solve time is what is measured, the "
     "plan itself means nothing.",
-    "Part 2 reports the ILP's plan as solved, before `Session.search`'s exact re-pricing loop: "
+    "Part 2 reports the ILP's plan as solved, before `Pipeline.search`'s exact re-pricing loop: "
     "where sub-kernel memory traffic is not linear in tiles (BitFusion's buffer re-reads) its "
     "exact cost can exceed a budget the linearised cost meets; the CLI then tightens that "
     "budget and solves again.",
@@ -130,7 +132,7 @@ def base_config(work: Path, **kw) -> RunConfig:
     )  # fmt: skip
 
 
-def share(src: Session, dst: Session) -> Session:
+def share(src: Pipeline, dst: Pipeline) -> Pipeline:
     """Reuse the loaded model, data and activation ranges of ``src`` (identical config)."""
     dst._loaded, dst._calib, dst._eval = src.loaded, src.calib, src.eval_data
     dst._graph = src.graph
@@ -169,20 +171,20 @@ def plan_record(plan, result=None) -> dict:
 
 
 def part1(work: Path) -> dict:
-    ref = Session(base_config(work))
+    ref = Pipeline(base_config(work))
     t0 = time.perf_counter()
     table = ref.sensitivity()
     sens_s = time.perf_counter() - t0
     log(f"sensitivities ready ({sens_s:.0f} s, cached={table.meta.get('cached', False)})")
     out: dict = {"sensitivity_s": sens_s, "runs": {}}
-    out["top1_fp"] = ref.evaluate(None, "float")
-    u88 = share(ref, Session(base_config(work))).uniform_plan(None, None)
-    out["top1_w8a8"] = ref.evaluate(u88, "W8A8")
+    out["top1_fp"] = ref.top1(None, "float")
+    u88 = share(ref, Pipeline(base_config(work))).uniform_plan(size_bytes=None, bops=None)
+    out["top1_w8a8"] = ref.top1(u88, "W8A8")
     log(f"float {out['top1_fp']:.2f} %, W8A8 {out['top1_w8a8']:.2f} %")
     for name, batch in ACCELS:
         key = label(name, batch)
-        s0 = share(ref, Session(base_config(work, accelerator=name, accel_batch=batch)))
-        u8 = s0.uniform_plan(None, None)
+        s0 = share(ref, Pipeline(base_config(work, accelerator=name, accel_batch=batch)))
+        u8 = s0.uniform_plan(size_bytes=None, bops=None)
         assert u8.provenance["uniform_bits"] == {"w": 8, "a": 8}
         lat8, en8 = u8.totals["latency_s"], u8.totals["energy_j"]
         target_ms = 0.6 * lat8 * 1e3
@@ -196,7 +198,7 @@ def part1(work: Path) -> dict:
             "budget_ms": target_ms, "smallest_latency_ms": smallest * 1e3, "plans": {},
         }  # fmt: skip
         for gran in ("layer", "channel"):
-            s = share(ref, Session(base_config(
+            s = share(ref, Pipeline(base_config(
                 work, accelerator=name, accel_batch=batch, granularity=gran, latency_ms=target_ms)))  # fmt: skip
             t0 = time.perf_counter()
             try:
@@ -208,7 +210,7 @@ def part1(work: Path) -> dict:
             wall = time.perf_counter() - t0
             rec = plan_record(plan, result)
             rec["search_wall_s"] = wall
-            rec["top1"] = s.evaluate(plan, f"{key} {gran}")
+            rec["top1"] = s.top1(plan, f"{key} {gran}")
             entry["plans"][gran] = rec
             log(f"{key} {gran}: {rec['latency_ms']:.4f} ms (budget {target_ms:.4f}), "
                 f"{rec['avg_weight_bits']:.2f} w bits, a {rec['a_bits_hist_layers']}, "
@@ -385,7 +387,7 @@ def median_time(fn, repeats: int, warmup: int, cap_s: float = 20.0) -> float:
 ROUNDS = 7
 
 
-def part3(work: Path, ref: Session, repeats: int) -> dict:
+def part3(work: Path, ref: Pipeline, repeats: int) -> dict:
     prof_dir = work / "cpu_profile"
     cmd = [str(Path(sys.executable).with_name("hawq-search")), "cost", "profile",
            "--model", "resnet56", "--out", str(prof_dir)]  # fmt: skip
@@ -398,7 +400,7 @@ def part3(work: Path, ref: Session, repeats: int) -> dict:
     torch.backends.quantized.engine = "x86"
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, 2))  # what the CLI's profile used
-    s = share(ref, Session(base_config(work, accelerator=str(path), budget_mb=0.5)))
+    s = share(ref, Pipeline(base_config(work, accelerator=str(path), budget_mb=0.5)))
     plan05, _ = s.search(s.sensitivity())
     layers = s.graph.layers
     names = [layer.name for layer in layers]
@@ -679,7 +681,7 @@ def main() -> int:
         save()
     if "3" in parts:
         res["load_wait"] = wait_for_load()
-        ref = Session(base_config(work))
+        ref = Pipeline(base_config(work))
         runs = [part3(work, ref, args.repeats) for _ in range(args.part3_runs)]
         res["part3"] = runs[0]
         res["part3_runs"] = [

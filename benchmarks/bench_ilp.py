@@ -1,6 +1,6 @@
 """ILP solve time, status and gap per granularity and budget.
 
-* ResNet-56 (CIFAR-10): the real default 'fisher' sensitivity table of the Session (512 images of
+* ResNet-56 (CIFAR-10): the real default 'fisher' sensitivity table of the Pipeline (512 images of
   ``cifar10-lossless/train``, seed 0), 0.5 MB size budget, with and without a BOPs budget of 60 %
   of uniform W8A8 BOPs, activation options (8,) and (4, 8); granularity channel, group:8, layer.
 * torchvision resnet50 with random weights (``torch.manual_seed(0)``), per channel, 6 weight bit
@@ -51,9 +51,10 @@ from _common import (  # noqa: E402
 # with a circular ImportError (cost_models.size -> hawq_search/__init__ -> hawq_search.plan ->
 # cost_models.size), a library bug reported separately.
 from cost_models.size import layer_weight_bytes  # noqa: E402
+from hawq_search.config import RunConfig  # noqa: E402
 from hawq_search.graph.trace import trace_model  # noqa: E402  (before cost_models: see below)
-from hawq_search.pipeline import RunConfig, Session  # noqa: E402
-from hawq_search.problem import build_problem  # noqa: E402
+from hawq_search.pipeline import Pipeline  # noqa: E402
+from hawq_search.problem_builder import build_problem  # noqa: E402
 from hawq_search.sensitivity.fisher import weight_deltas  # noqa: E402
 from hawq_search.sensitivity.table import SensitivityTable  # noqa: E402
 from searches.ilp import IlpSearch  # noqa: E402
@@ -125,9 +126,9 @@ def solve_case(graph, table, granularity, size_budget, bops_budget, repeats) -> 
     }
 
 
-def resnet56_session(abits: tuple[int, ...], tmp: Path) -> Session:
+def resnet56_session(abits: tuple[int, ...], tmp: Path) -> Pipeline:
     """The ResNet-56 session both parts use; its run directory caches the sensitivity table."""
-    return Session(
+    return Pipeline(
         RunConfig(
             model="resnet56",
             weights_dir=str(WEIGHTS),
@@ -241,14 +242,14 @@ def render(data: dict, args) -> str:
         "",
         f"Solver: `searches.ilp.IlpSearch(time_limit={TIME_LIMIT:g})` = scipy.optimize.milp "
         "(HiGHS), mip_rel_gap 1e-4. Weight bit options 2,3,4,5,6,8. Times are medians of "
-        f"{args.repeats} runs; `build_problem` = hawq_search.problem.build_problem, `ILP build` = "
+        f"{args.repeats} runs; `build_problem` = hawq_search.problem_builder.build_problem, `ILP build` = "
         "IlpSearch's own matrix assembly, `solve` = the HiGHS call (IlpSearch's solve_time_s). "
         "Gap = HiGHS's final relative MIP gap (largest over the runs).",
         "",
         f"Before timing: wait_for_idle: load seen {data['idle']['load_seen']} (idle: "
         f"{data['idle']['idle']}, waited {data['idle']['waited_s']} s).",
         "",
-        "ResNet-56: real default `fisher` sensitivity table of the Session (512 lossless/train "
+        "ResNet-56: real default `fisher` sensitivity table of the Pipeline (512 lossless/train "
         "images, seed 0), size budget 0.5 MB (500,000 bytes), BOPs budget (when set) 60 % of "
         "uniform W8A8 BOPs.",
         "",

@@ -31,9 +31,11 @@ from pathlib import Path
 
 import torch
 
+from hawq_search.config import RunConfig
 from hawq_search.data.datasets import load_subset
 from hawq_search.evaluation import top1
-from hawq_search.pipeline import RunConfig, Session, jsonable
+from hawq_search.files import jsonable
+from hawq_search.pipeline import Pipeline
 from hawq_search.plan import SIZE_DEFINITION, Plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +165,7 @@ def main() -> int:
     log(f"command: {command}; budgets {budgets}; eval size {eval_size or 'all'}; work {work}")
 
     # ---- sessions: calibration always on lossless/train -------------------------------------
-    sessions: dict[str, Session] = {}
+    sessions: dict[str, Pipeline] = {}
     for act, abits in ACT_SETTINGS.items():
         cfg = RunConfig(
             model="resnet56",
@@ -178,7 +180,7 @@ def main() -> int:
             time_limit_s=args.time_limit,
             progress=False,
         )
-        sessions[act] = Session(cfg)
+        sessions[act] = Pipeline(cfg)
     s0 = sessions["w-only"]
     pre = s0.loaded.preprocess
     t0 = time.perf_counter()
@@ -275,7 +277,7 @@ def main() -> int:
                     plan = Plan.load(ppath)
                     plan.recompute_totals()
                 elif method == "uniform":
-                    plan = s.uniform_plan(budget * 1e6, None)
+                    plan = s.uniform_plan(size_bytes=budget * 1e6, bops=None)
                     plan.save(ppath)
                 elif method == "uniform_over":
                     plan = u_next
@@ -511,7 +513,7 @@ def render_md(r: dict) -> str:
             else "which fits 0.3346 MB."
         ),
         "- Uniform = the most precise single weight bit-width (A bits fixed by the setting) that fits "
-        "the budget (`Session.uniform_plan`). ILP rows: `Session.search` with granularity `layer` "
+        "the budget (`Pipeline.uniform_plan`). ILP rows: `Pipeline.search` with granularity `layer` "
         "(one bit-width per layer) or `channel` (one per output channel), minimising the predicted "
         "Fisher loss increase under the size budget. Status `optimal` means HiGHS closed the gap to "
         "its 1e-4 tolerance.",

@@ -1,6 +1,6 @@
 """Sensitivity fidelity: do predicted layer loss increases rank like measured ones?
 
-For ResNet-20 and ResNet-56 (CIFAR-10, weights in ../shared/weights), calibration is the Session's
+For ResNet-20 and ResNet-56 (CIFAR-10, weights in ../shared/weights), calibration is the Pipeline's
 seeded 512-image subset of ``cifar10-lossless/train``. Every sensitivity method is computed fresh
 (new run directory, no cache) and timed. Measured loss increase: each quantizable layer alone gets
 its weights quantized per output channel with MSE scales (``weight_deltas``) at 2, 3 and 4 bits,
@@ -52,9 +52,10 @@ from _common import (  # noqa: E402
     write_results,
 )
 
+from hawq_search.config import RunConfig  # noqa: E402
 from hawq_search.data.datasets import load_subset  # noqa: E402
 from hawq_search.models.cifar_resnet import CifarResNet  # noqa: E402
-from hawq_search.pipeline import RunConfig, Session  # noqa: E402
+from hawq_search.pipeline import Pipeline  # noqa: E402
 from hawq_search.sensitivity.fisher import fisher_sensitivity, weight_deltas  # noqa: E402
 
 METHODS = ("fisher", "empirical-fisher", "fisher-diag", "sampled-fisher", "hessian")
@@ -144,7 +145,7 @@ def measure_loss_increase(model, layers, images, labels, bits=BITS, batch=500) -
     return {"base": base, "increase": out}
 
 
-def heldout_data(session: Session, limit: int | None):
+def heldout_data(session: Pipeline, limit: int | None):
     """lossless/train images not in the calibration subset, plus all lossless/test images."""
     pre = session.loaded.preprocess
     train = load_subset("imagefolder", LOSSLESS, "train", pre, 0, 0)
@@ -181,8 +182,8 @@ def fidelity(pred: dict, meas: dict, w_bits) -> dict:
 # ---- one model -----------------------------------------------------------------------------
 
 
-def make_session(model: str, out: str, probes: int, abits=(32,)) -> Session:
-    return Session(
+def make_session(model: str, out: str, probes: int, abits=(32,)) -> Pipeline:
+    return Pipeline(
         RunConfig(
             model=model,
             weights_dir=str(WEIGHTS),
@@ -344,12 +345,12 @@ def run_timing(args, tmp: Path) -> dict:
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         fisher_sensitivity(
-            model, graph, calib, tuple(w_bits), (32,), clips, signed, method="fisher", fast=False
+            model, graph, calib, tuple(w_bits), (32,), clips, signed, method="fisher", precision="fp32"
         )
         times.append(time.perf_counter() - t0)
     rows.append(
         {
-            "impl": "fisher_sensitivity(method='fisher', fast=False) (float32)",
+            "impl": "fisher_sensitivity(method="fisher", precision="fp32")",
             "abits": [32],
             "times_s": times,
             "median_s": median(times),
@@ -386,7 +387,7 @@ def run_timing(args, tmp: Path) -> dict:
 
 
 def run_sens_times(args, tmp: Path) -> dict:
-    """Wall time of every method from a fresh Session (no cache), after wait_for_idle()."""
+    """Wall time of every method from a fresh Pipeline (no cache), after wait_for_idle()."""
     import os
 
     out = {}
@@ -430,7 +431,7 @@ def render(data: dict, args) -> str:
             f"{r['measured']['calib_base_ce']:.4f} on the calibration images. Measurement in "
             "float32, weights quantized per output channel with MSE scales, one layer at a time.",
             "",
-            f"Sensitivity times: fresh computations (new run directory, `Session.sensitivity`, "
+            f"Sensitivity times: fresh computations (new run directory, `Pipeline.sensitivity`, "
             f"activation ranges computed beforehand), after wait_for_idle: "
             f"load seen {r['idle']['load_seen']} (idle: {r['idle']['idle']}, waited "
             f"{r['idle']['waited_s']} s); the 1-min load before/after each call is in the table. "
@@ -488,7 +489,7 @@ def render(data: dict, args) -> str:
             parts += [
                 f"## {model}: sensitivity wall times on an idle machine (separate run)",
                 "",
-                f"Fresh Session (no cache), `Session.sensitivity(method)`, 512 calibration images, "
+                f"Fresh Pipeline (no cache), `Pipeline.sensitivity(method)`, 512 calibration images, "
                 f"activation ranges computed beforehand; after wait_for_idle: load seen "
                 f"{idle['load_seen']} (idle: {idle['idle']}, waited {idle['waited_s']} s). Same "
                 "computation as the tables above, timed again because those ran on a loaded machine.",
@@ -513,7 +514,7 @@ def render(data: dict, args) -> str:
         parts += [
             "## Timing: ResNet-56 Fisher sensitivities on 512 calibration images",
             "",
-            f"`hawq_search.sensitivity.fisher.fisher_sensitivity` called directly with the Session's "
+            f"`hawq_search.sensitivity.fisher.fisher_sensitivity` called directly with the Pipeline's "
             f"model, graph, calibration data and activation ranges (w_bits 2,3,4,5,6,8, batch 128, "
             f"bf16 fast path = library default); {args.repeats} fresh runs each. After "
             f"wait_for_idle: load seen {idle['load_seen']} (idle: {idle['idle']}, waited "

@@ -18,7 +18,6 @@ from cost_models.analytic import (
     bitfusion_perf_factor,
 )
 from cost_models.base import Cost, CostModel
-from cost_models.measure import profile_local_cpu
 from cost_models.profile import load_profile, model_from_dict
 from cost_models.registry import list_accelerators, load_accelerator
 from cost_models.size import channel_bits_cost, layer_bops, layer_weight_bytes
@@ -44,7 +43,6 @@ __all__ = [
     "model_from_dict",
     "list_accelerators",
     "load_accelerator",
-    "profile_local_cpu",
     "channel_bits_cost",
     "layer_weight_bytes",
     "layer_bops",

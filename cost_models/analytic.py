@@ -1,6 +1,7 @@
 """Analytic (roofline-style) cost models, one class per kind of datapath.
 
-Common skeleton (cost-models.md section 1 and 2; MAESTRO, Timeloop, Vela, BitFusion simulator)::
+Common skeleton (the roofline of MAESTRO, Timeloop, Vela and the BitFusion simulator; the profile
+keys are documented in ``PROFILE_FORMAT.md``)::
 
     (w^, a^)  = snap(w, a)                      # precision the datapath really executes
     t_c       = compute law of the kind (below) / efficiency
@@ -9,7 +10,7 @@ Common skeleton (cost-models.md section 1 and 2; MAESTRO, Timeloop, Vela, BitFus
     latency   = max(t_c, t_m) + overhead        # t_c + t_m + overhead if not double-buffered
     energy    = E_mac(w^, a^) + sum_L bits_L * e_bit(L) + P_static * latency
 
-Traffic per level (cost-models.md section 2, "Memory time"): weights at the storage container of
+Traffic per level: weights at the storage container of
 ``w`` bits, input and output activations at the container of ``a`` bits (the consumer's bits are
 unknown per layer, so outputs are assumed to keep the input's precision). A level with an on-chip
 ``buffer_bytes`` that holds both weights and inputs re-reads one of them when the other does not
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 from cost_models.base import Cost, CostModel, check_bits, check_out_channels, weight_bytes_of
 from cost_models.shapes import Gemm, gemm_of
-from hawq_search.graph.layers import LayerInfo
+from hawq_search.core.layers import LayerInfo
 
 __all__ = [
     "MemoryLevel",
@@ -64,7 +65,7 @@ class MemoryLevel:
 
 @dataclass(frozen=True)
 class MacEnergy:
-    """Energy of the arithmetic, as a function of the snapped bits (cost-models.md section 2).
+    """Energy of the arithmetic, as a function of the snapped bits (``PROFILE_FORMAT.md``, ``energy``).
 
     * ``none`` -- no dynamic arithmetic model (whole-board power goes in ``static_w``);
     * ``fixed_width`` -- ``c0 + c1*b + c2*b^2`` pJ per MAC, ``b = max(w, a)``; default fit to the
@@ -225,6 +226,14 @@ class AnalyticModel(CostModel):
     def group_overhead(self, layer: LayerInfo) -> Cost:
         return Cost(self.overhead_s, self.static_w * self.overhead_s, 0.0, 0.0, 0.0, "compute")
 
+    def energy_note(self) -> str:
+        """``"static power x time"`` when the profile has no arithmetic or memory energy figures,
+        else ``"analytic estimate"``; ``"not modelled"`` when it has no energy figure at all."""
+        dynamic = self.mac_energy.model != "none" or any(lv.pj_per_bit for lv in self.memory)
+        if dynamic:
+            return "analytic estimate"
+        return "static power x time" if self.static_w else "not modelled"
+
     def utilisation(self, g: Gemm, dm: int, dk: int, dn: int) -> float:
         """U = MKN / (ceil(M/Dm)Dm * ceil(K/Dk)Dk * ceil(N/Dn)Dn): share of array lanes doing work."""
         padded = math.ceil(g.m / dm) * dm * math.ceil(g.k / dk) * dk * math.ceil(g.n / dn) * dn
@@ -239,7 +248,7 @@ class AnalyticModel(CostModel):
 class BitSerialModel(AnalyticModel):
     """Bit-serial matrix engine (BISMO, Loom; Stripes/UNPU when one operand is parallel).
 
-    Law (EECS-NTNU/bismo; Loom, DAC 2018; cost-models.md section 3)::
+    Law (EECS-NTNU/bismo; Loom, DAC 2018, arXiv 1706.07853)::
 
         cycles = g * ceil(M/Dm) * ceil(K/Dk) * ceil(N/Dn) * f(w, a)
         f = w*a (both serial) | w*ceil(a/P) (weights serial) | ceil(w/P)*a (activations serial)
@@ -306,7 +315,8 @@ def bitfusion_perf_factor(w: int, a: int, pmax: int = 8, pmin: int = 2) -> float
 class BitFusionModel(AnalyticModel):
     """Bit-flexible spatial array of Fusion Units (BitFusion, Sharma et al., ISCA 2018).
 
-    Compute cycles, from the BitFusion simulator (hsharma35/bitfusion, cost-models.md section 4)::
+    Compute cycles, from the BitFusion simulator (hsharma35/bitfusion
+    ``bitfusion/src/simulator/accelerator.py``)::
 
         pf     = bitfusion_perf_factor(w, a)      # 1 at 8x8 ... 16 at 2x2
         direct = B * ceil(OC/cols) * OH*OW * KH*KW * ceil(IC/(rows*pf))     (per group)
@@ -409,9 +419,10 @@ class GPUTensorCoreModel(AnalyticModel):
 
     The executed precision is the narrowest one with ``w <= max_w`` and ``a <= max_a`` among the
     peaks the profile lists: both operands must be low-bit, so W4A8 runs as int8 x int8 and W8A16
-    as fp16 (cost-models.md sections 1 and 6). ``eta`` (``efficiency``) is calibrated: 0.09
-    reproduces HAWQ-V3's TVM T4 kernels with median |err| 10 % (section 7). Energy defaults to
-    board power x time (``static_w``), the crude fallback the reference recommends.
+    as fp16 (NVIDIA PTX ISA: the integer ``mma`` shapes take both operands at one width). ``eta``
+    (``efficiency``) is calibrated: 0.09 reproduces the T4 kernel times in HAWQ-V3's AutoTVM logs
+    (Zhen-Dong/HAWQ ``tvm_benchmark/mixed_precision_models/tuning_logs``) with median |err| 10 %.
+    Energy defaults to board power x time (``static_w``): a crude estimate, not a measurement.
     """
 
     peak_ops_per_s: dict[str, float] = field(default_factory=dict)
@@ -445,7 +456,7 @@ class CPUModel(AnalyticModel):
 
     ``fp32 MAC/s = cores * f * fma_per_cycle * simd_bits/32``; int8 dot products (AVX-512 VNNI
     ``vpdpbusd``, Arm SDOT) give 4x per instruction, the pre-VNNI 3-instruction sequence ~1.33x
-    (Intel Intrinsics Guide; cost-models.md section 6). Sub-8-bit operands run as int8 plus
+    (Intel Intrinsics Guide). Sub-8-bit operands run as int8 plus
     unpacking: only their storage shrinks. fp16 runs at the fp32 rate.
     """
 

@@ -12,18 +12,21 @@ Units and scope of a :class:`Cost` (one layer, or one sub-kernel of a layer):
   sample at the nominal bits (a peak-RAM budget takes the max over layers, a traffic budget the sum);
 * ``bound`` -- what limited the latency: ``"compute"``, ``"memory"`` or ``"measured"``;
 * ``extrapolated`` -- True when a measured model had to leave its measurements (fallback or
-  sub-kernel scaling), so callers can flag low-confidence plans.
+  sub-kernel scaling), so callers can flag low-confidence plans;
+* ``measured_energy_j`` -- the part of ``energy_j`` read from a measured energy column (0 for
+  analytic models, and for energy computed as static power x time); ``energy_measured`` says
+  whether all of it was. Both add up like the other fields.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from cost_models.size import channel_bits_cost, layer_weight_bytes
-from hawq_search.graph.layers import LayerInfo
+from hawq_search.core.layers import LayerInfo
 
 __all__ = ["Cost", "CostModel", "BOUNDS", "check_bits", "model_fingerprint"]
 
@@ -42,6 +45,13 @@ class Cost:
     act_bytes: float
     bound: str
     extrapolated: bool = False
+    measured_energy_j: float = 0.0
+
+    @property
+    def energy_measured(self) -> bool:
+        """True when all of ``energy_j`` comes from measured energies (not static power x time,
+        not an analytic estimate)."""
+        return self.measured_energy_j > 0 and self.measured_energy_j >= self.energy_j * (1 - 1e-9)
 
     def __post_init__(self) -> None:
         if self.bound not in BOUNDS:
@@ -64,6 +74,7 @@ class Cost:
             act_bytes=self.act_bytes + other.act_bytes,
             bound=bound,
             extrapolated=self.extrapolated or other.extrapolated,
+            measured_energy_j=self.measured_energy_j + other.measured_energy_j,
         )
 
     def __radd__(self, other: object) -> Cost:
@@ -81,6 +92,7 @@ class Cost:
             weight_bytes=self.weight_bytes * factor,
             bops=self.bops * factor,
             act_bytes=self.act_bytes * factor,
+            measured_energy_j=self.measured_energy_j * factor,
         )
 
 
@@ -173,6 +185,11 @@ class CostModel(ABC):
         static = float(getattr(self, "static_w", 0.0) or 0.0)
         return Cost(lat, static * lat, 0.0, 0.0, 0.0, "measured" if lat else "compute")
 
+    def energy_note(self) -> str:
+        """How energies that are not measured are obtained, for people reading a cost: e.g.
+        ``"static power x time"`` when the model has nothing but a power figure."""
+        return "estimated by the cost model"
+
     def channel_quantum(self, layer: LayerInfo) -> int:
         """Output channels one compute tile spans: a sub-kernel of ``n`` channels costs as much
         as ``ceil(n / q) * q``. The ILP counts per-channel groups in these tiles. 1 = no tiling."""
@@ -187,14 +204,17 @@ class CostModel(ABC):
         full = self.layer_cost(layer, w_bits, a_bits)
         over = self.group_overhead(layer)
         c = layer.out_channels
+        energy = max(full.energy_j - over.energy_j, 0.0) / c
+        share = full.measured_energy_j / full.energy_j if full.energy_j > 0 else 0.0
         return Cost(
             latency_s=max(full.latency_s - over.latency_s, 0.0) / c,
-            energy_j=max(full.energy_j - over.energy_j, 0.0) / c,
+            energy_j=energy,
             weight_bytes=channel_bits_cost(layer, w_bits),
             bops=full.bops / c,
             act_bytes=full.act_bytes / c,
             bound=full.bound,
             extrapolated=full.extrapolated,
+            measured_energy_j=energy * share,
         )
 
     def plan_cost(self, layer: LayerInfo, channel_bits: Sequence[int], a_bits: int) -> Cost:
@@ -225,6 +245,20 @@ class CostModel(ABC):
             weight_bytes=float(layer_weight_bytes(layer, channel_bits)),
             bops=float(layer.macs_per_channel * sum(channel_bits) * a_bits),
         )
+
+    def model_cost(
+        self,
+        layers: Sequence[LayerInfo],
+        channel_bits: Mapping[str, Sequence[int]],
+        act_bits: Mapping[str, int],
+    ) -> Cost:
+        """Exact cost of a whole plan: :meth:`plan_cost` of every layer (``channel_bits`` by
+        layer name, ``act_bits`` by activation group) plus :meth:`fixed_cost`."""
+        per_layer = (
+            self.plan_cost(layer, channel_bits[layer.name], act_bits[layer.act_group])
+            for layer in layers
+        )
+        return sum(per_layer, Cost.zero()) + self.fixed_cost(layers)
 
     def kernel_groups(self, layer: LayerInfo, channel_bits: Sequence[int], a_bits: int) -> int:
         """Number of sub-kernels :meth:`plan_cost` charges for this plan."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from cost_models._text import read_text, read_yaml
 from cost_models.analytic import (
     AnalyticModel,
     BitFusionModel,
@@ -25,7 +26,7 @@ from cost_models.analytic import (
     MemoryLevel,
 )
 from cost_models.base import CostModel
-from hawq_search.exceptions import CostModelError
+from hawq_search.core.exceptions import CostModelError
 
 __all__ = ["load_profile", "model_from_dict", "KINDS", "SCHEMA_VERSION"]
 
@@ -128,18 +129,7 @@ def _key_lines(node: yaml.Node, prefix: str = "", out: dict[str, int] | None = N
 
 
 def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise CostModelError(f"{path}: cannot read profile ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        msg = str(getattr(e, "problem", None) or e).replace("\n", " ")
-        raise CostModelError(f"{path}{line}: invalid YAML: {msg}") from None
+    data, node = read_yaml(path, read_text(path, "profile"))
     if not isinstance(data, dict):
         raise CostModelError(f"{path}: a profile must be a YAML mapping")
     return data, (_key_lines(node) if node is not None else {})

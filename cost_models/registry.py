@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cost_models.base import CostModel
 from cost_models.profile import load_profile
-from hawq_search.exceptions import CostModelError
+from hawq_search.core.exceptions import CostModelError
 
 __all__ = ["PROFILE_DIR", "list_accelerators", "load_accelerator", "profile_path"]
 

@@ -1,6 +1,6 @@
 """The GEMM view of a layer (or of a sub-kernel computing some of its output channels).
 
-Every analytic law in cost-models.md (section 2) is written over the implicit-GEMM sizes
+Every analytic law in ``analytic.py`` is written over the implicit-GEMM sizes
 M = B*H_o*W_o (output positions), K = (C_i/g)*k_h*k_w (reduction) and N = C_o/g (output channels
 per group), repeated for ``groups`` groups; this module computes them once.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hawq_search.graph.layers import LayerInfo
+from hawq_search.core.layers import LayerInfo
 
 __all__ = ["Gemm", "gemm_of"]
 

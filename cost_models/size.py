@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from hawq_search.graph.layers import LayerInfo
-from hawq_search.quant.bits import UNQUANTIZED_BITS
+from hawq_search.core.bits import UNQUANTIZED_BITS
+from hawq_search.core.layers import LayerInfo
 
 SCALE_BYTES = 4
 BIAS_BYTES = 4

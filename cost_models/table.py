@@ -1,43 +1,57 @@
-"""User-measured per-layer cost tables (CSV) and the cost model that prices layers from them.
+"""User-measured per-layer cost tables and the cost model that prices layers from them.
 
-File format (one row per measured (layer shape, bits); ``#`` lines are comments)::
+The CSV format, its units, conventions and validation are in :mod:`cost_models.table_format`
+(re-exported here) and ``PROFILE_FORMAT.md`` ("Measured cost tables").
 
-    op,in_channels,out_channels,in_h,in_w,out_h,out_w,kernel_h,kernel_w,stride,groups,batch,w_bits,a_bits,latency_s,energy_j
-    conv2d,16,16,32,32,32,32,3,3,1,1,1,8,8,0.00021,
+Lookup: a layer matches rows with the same shape and batch. A requested pair (w, a) of a matched
+shape is priced as follows, and :meth:`TableCostModel.price_source` says which case applied:
 
-Required columns: see ``REQUIRED``; ``energy_j`` and the bookkeeping columns in ``OPTIONAL`` may be
-omitted or left blank (blank energy = not measured). For ``linear`` rows, blank spatial and kernel
-cells mean 1. Every problem raises :class:`CostModelError` with one line
-``file:line: column 'name': problem``.
+* **measured** -- the pair has a row, and no pair with at least its bits is cheaper;
+* **rounded up** -- priced as the cheapest measured pair with at least those bits (for both w and
+  a): the kernel that would really run. This is how stepwise hardware (GPU, NPU, CPU,
+  BitFusion) fills missing pairs, and how every table treats a row that costs more than a row
+  with more bits (measured tables may say int4 is slower than int8; the int8 kernel then runs);
+* **interpolated** -- bit-serial hardware (``interpolation: bilinear``): bilinear in (w, a)
+  between measured pairs, each first replaced by the cheapest measured pair covering it;
+* **extrapolated** (``Cost.extrapolated``) -- outside the measurements: bilinear clamp
+  extrapolation with cost proportional to w*a, bits above every measured pair, unmatched shapes
+  (the analytic model scaled by the median measured/analytic ratio over all rows), and
+  sub-kernels of per-channel mixed layers, whose cost is the measured whole-layer cost split by
+  the analytic model's share (the table has per-tensor rows only); their ``bound`` is then the
+  analytic one, not ``"measured"``.
 
-Lookup (cost-models.md section 9): a layer matches rows with the same shape and batch. Missing bit
-pairs of a matched shape are *interpolated* -- bilinearly in (w, a) for bit-serial hardware,
-clamp-extrapolating with cost proportional to w*a outside the measured range -- or, for stepwise
-hardware, *rounded up* to the cheapest measured pair with at least those bits (the kernel that
-would really run). Unmatched shapes fall back to the analytic model scaled by the median
-measured/analytic ratio over all rows (``extrapolated=True``). Results are then clamped to be at
-least every measured cost of the same shape at fewer-or-equal bits, so costs never fall with
-more bits.
+Costs never fall with more bits: an analytic fallback is clamped to be at least the cost of
+every measured-priced pair below it. Energies are measured (``Cost.measured_energy_j``) only
+where the priced row has an ``energy_j`` value; otherwise they are the profile's energy model at
+the measured time (often static power x time, see ``CostModel.energy_note``).
 """
 
 from __future__ import annotations
 
-import csv
-import math
 import statistics
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
-from cost_models.analytic import AnalyticModel
+from cost_models.analytic import FLOAT_BITS, AnalyticModel
 from cost_models.base import Cost, CostModel, check_bits, check_out_channels, weight_bytes_of
-from hawq_search.exceptions import CostModelError
-from hawq_search.graph.layers import LayerInfo
+from cost_models.table_format import (
+    COLUMNS,
+    OPTIONAL,
+    REQUIRED,
+    CostTable,
+    Measurement,
+    ShapeKey,
+    layer_from_key,
+    load_cost_table,
+    shape_key,
+    write_cost_table,
+)
+from hawq_search.core.layers import LayerInfo
 
 __all__ = [
     "REQUIRED",
     "OPTIONAL",
     "COLUMNS",
+    "SOURCES",
     "ShapeKey",
     "Measurement",
     "CostTable",
@@ -48,231 +62,39 @@ __all__ = [
     "TableCostModel",
 ]
 
-SHAPE_COLUMNS = (
-    "op", "in_channels", "out_channels", "in_h", "in_w", "out_h", "out_w",
-    "kernel_h", "kernel_w", "stride", "groups", "batch",
-)  # fmt: skip
-REQUIRED = SHAPE_COLUMNS + ("w_bits", "a_bits", "latency_s")
-OPTIONAL = ("energy_j", "layer", "backend", "n_runs", "std_s")
-COLUMNS = REQUIRED + OPTIONAL
-LINEAR_DEFAULT_ONE = ("in_h", "in_w", "out_h", "out_w", "kernel_h", "kernel_w", "stride", "groups")
-OPS = ("conv2d", "linear")
+SOURCES = ("measured", "rounded-up", "interpolated", "extrapolated")
+PerShape = dict[tuple[int, int], Measurement]
 
 
 @dataclass(frozen=True)
-class ShapeKey:
-    """What a measurement is matched on: the layer's shape and the batch it ran at."""
+class _Cell:
+    """The cheapest measured pair covering a request: its latency, the cheapest covering
+    energy (None if none measured), the pair whose latency it is, and that row's backend."""
 
-    op: str
-    in_channels: int
-    out_channels: int
-    in_h: int
-    in_w: int
-    out_h: int
-    out_w: int
-    kernel_h: int
-    kernel_w: int
-    stride: int
-    groups: int
-    batch: int
-
-
-@dataclass(frozen=True)
-class Measurement:
     latency_s: float
     energy_j: float | None
-    line: int
-    backend: str = ""  # what ran (e.g. "int8-x86", "fp32"), as the table says
+    pair: tuple[int, int]
+    backend: str
 
 
-@dataclass
-class CostTable:
-    """Parsed table: shape -> {(w_bits, a_bits): measurement}."""
+@dataclass(frozen=True)
+class _Priced:
+    latency_s: float
+    energy_j: float
+    bound: str
+    extrapolated: bool
+    source: str  # one of SOURCES
+    energy_measured: bool
 
-    path: str
-    rows: dict[ShapeKey, dict[tuple[int, int], Measurement]] = field(default_factory=dict)
 
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.rows.values())
-
-
-def shape_key(layer: LayerInfo, batch: int) -> ShapeKey | None:
-    """Key of ``layer`` at ``batch``; None when the table format cannot express it."""
-    if layer.op == "linear":
-        return ShapeKey("linear", layer.in_channels, layer.out_channels, 1, 1, 1, 1, 1, 1, 1, 1, batch)  # fmt: skip
-    if layer.stride[0] != layer.stride[1] or len(layer.input_shape) != 3:
+def _cover(per_shape: PerShape, w: int, a: int) -> _Cell | None:
+    """Cheapest measured pair with at least ``w`` and ``a`` bits (ties: fewer bits)."""
+    ok = [(m.latency_s, q[0] * q[1], q, m) for q, m in per_shape.items() if q[0] >= w and q[1] >= a]
+    if not ok:
         return None
-    return ShapeKey(
-        "conv2d", layer.in_channels, layer.out_channels,
-        layer.input_shape[1], layer.input_shape[2], layer.output_shape[1], layer.output_shape[2],
-        layer.kernel_size[0], layer.kernel_size[1], layer.stride[0], layer.groups, batch,
-    )  # fmt: skip
-
-
-def layer_from_key(key: ShapeKey, name: str = "table-row") -> LayerInfo:
-    """A LayerInfo with the shape of a table row (to price it analytically)."""
-    if key.op == "linear":
-        params = key.in_channels * key.out_channels
-        return LayerInfo(
-            name, "linear", key.in_channels, key.out_channels, (1, 1), (1, 1), (0, 0), 1,
-            (key.in_channels,), (key.out_channels,), (key.out_channels, key.in_channels),
-            False, params, params, name,
-        )  # fmt: skip
-    cig = key.in_channels // key.groups
-    params = key.out_channels * cig * key.kernel_h * key.kernel_w
-    return LayerInfo(
-        name, "conv2d", key.in_channels, key.out_channels, (key.kernel_h, key.kernel_w),
-        (key.stride, key.stride), (key.kernel_h // 2, key.kernel_w // 2), key.groups,
-        (key.in_channels, key.in_h, key.in_w), (key.out_channels, key.out_h, key.out_w),
-        (key.out_channels, cig, key.kernel_h, key.kernel_w), False, params,
-        params * key.out_h * key.out_w, name,
-    )  # fmt: skip
-
-
-# -- parsing ------------------------------------------------------------------------------------
-
-
-def _fail(path: str, line: int, col: str, problem: str) -> CostModelError:
-    return CostModelError(f"{path}:{line}: column '{col}': {problem}")
-
-
-def _parse_int(path: str, line: int, col: str, text: str, lo: int, hi: int | None = None) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise _fail(path, line, col, f"expected an integer, got {text!r}") from None
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise _fail(path, line, col, f"value {v} out of range (must be {rng})")
-    return v
-
-
-def _parse_cost(path: str, line: int, col: str, text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise _fail(path, line, col, f"expected a number, got {text!r}") from None
-    if math.isnan(v):
-        raise _fail(path, line, col, "NaN value (costs must be finite numbers >= 0)")
-    if math.isinf(v):
-        raise _fail(path, line, col, f"infinite value {text} (costs must be finite)")
-    if v < 0:
-        raise _fail(path, line, col, f"negative value {text} (costs must be >= 0)")
-    return v
-
-
-def load_cost_table(path: str | Path) -> CostTable:
-    """Parse and validate a cost-table CSV (see the module docstring)."""
-    src = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise CostModelError(f"{src}: cannot read cost table ({e.strerror})") from None
-    table = CostTable(src)
-    header: list[str] | None = None
-    header_line = 0
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        cells = [c.strip() for c in next(csv.reader([raw]))]
-        if header is None:
-            header, header_line = _check_header(src, lineno, cells), lineno
-            continue
-        _add_row(table, src, lineno, header, cells)
-    if header is None:
-        raise CostModelError(f"{src}: empty cost table (no header line)")
-    if not table.rows:
-        raise CostModelError(f"{src}:{header_line}: cost table has a header but no rows")
-    _check_monotone(table)
-    return table
-
-
-def _check_header(src: str, line: int, cells: list[str]) -> list[str]:
-    seen: set[str] = set()
-    for c in cells:
-        if c not in COLUMNS:
-            raise _fail(src, line, c, f"unknown column (expected: {', '.join(COLUMNS)})")
-        if c in seen:
-            raise _fail(src, line, c, "column appears twice")
-        seen.add(c)
-    for c in REQUIRED:
-        if c not in seen:
-            raise _fail(src, line, c, "required column missing from the header")
-    return cells
-
-
-def _add_row(table: CostTable, src: str, line: int, header: list[str], cells: list[str]) -> None:
-    if len(cells) > len(header):
-        raise CostModelError(
-            f"{src}:{line}: column {len(header) + 1}: unexpected extra value {cells[len(header)]!r} "
-            f"(the header has {len(header)} columns)"
-        )
-    row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
-    op = row["op"]
-    if not op:
-        raise _fail(src, line, "op", "missing value")
-    if op not in OPS:
-        raise _fail(src, line, "op", f"unknown op {op!r} (expected conv2d or linear)")
-    ints: dict[str, int] = {}
-    for col in SHAPE_COLUMNS[1:] + ("w_bits", "a_bits"):
-        text = row[col]
-        if not text:
-            if op == "linear" and col in LINEAR_DEFAULT_ONE:
-                ints[col] = 1
-                continue
-            raise _fail(src, line, col, "missing value")
-        hi = 32 if col in ("w_bits", "a_bits") else None
-        ints[col] = _parse_int(src, line, col, text, 1, hi)
-    if op == "conv2d" and ints["in_channels"] % ints["groups"]:
-        raise _fail(src, line, "groups", f"{ints['groups']} does not divide in_channels {ints['in_channels']}")  # fmt: skip
-    if not row["latency_s"]:
-        raise _fail(src, line, "latency_s", "missing value")
-    latency = _parse_cost(src, line, "latency_s", row["latency_s"])
-    energy = _parse_cost(src, line, "energy_j", row["energy_j"]) if row.get("energy_j") else None
-    for col in ("n_runs", "std_s"):
-        if row.get(col):
-            _parse_cost(src, line, col, row[col])
-    key = ShapeKey(op, *(ints[c] for c in SHAPE_COLUMNS[1:]))
-    bits = (ints["w_bits"], ints["a_bits"])
-    per_shape = table.rows.setdefault(key, {})
-    if bits in per_shape:
-        raise _fail(src, line, "w_bits",
-                    f"duplicate row: same shape, batch and bits as line {per_shape[bits].line}")  # fmt: skip
-    per_shape[bits] = Measurement(latency, energy, line, row.get("backend", ""))
-
-
-def _check_monotone(table: CostTable) -> None:
-    """A cost that falls with more bits is a measurement or bookkeeping error: report it."""
-    for per_shape in table.rows.values():
-        for (w, a), m in sorted(per_shape.items(), key=lambda kv: kv[1].line):
-            for (w2, a2), m2 in per_shape.items():
-                if (w2, a2) == (w, a) or not (w2 <= w and a2 <= a):
-                    continue
-                for col in ("latency_s", "energy_j"):
-                    hi, lo = getattr(m2, col), getattr(m, col)
-                    if hi is not None and lo is not None and lo < hi:
-                        raise _fail(
-                            table.path, m.line, col,
-                            f"{lo:g} at w_bits={w}, a_bits={a} is below {hi:g} at w_bits={w2}, "
-                            f"a_bits={a2} on line {m2.line} (costs must not fall with more bits)",
-                        )  # fmt: skip
-
-
-def write_cost_table(path: str | Path, rows: list[Mapping[str, object]], comment: str = "") -> Path:
-    """Write rows (dicts keyed by column name) in the table format; returns the path."""
-    path = Path(path)
-    cols = list(REQUIRED) + [c for c in OPTIONAL if any(c in r for r in rows)]
-    with path.open("w", newline="") as f:
-        for line in comment.splitlines():
-            f.write(f"# {line}\n")
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="raise", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
-    return path
-
-
-# -- the model ----------------------------------------------------------------------------------
+    lat, _, pair, m = min(ok, key=lambda t: (t[0], t[1]))
+    energies = [t[3].energy_j for t in ok if t[3].energy_j is not None]
+    return _Cell(lat, min(energies) if energies else None, pair, m.backend)
 
 
 def _interp_1d(xs: list[int], x: int) -> tuple[int, int, float, float]:
@@ -301,7 +123,8 @@ class TableCostModel(CostModel):
         self.name = analytic.name
         self.description = analytic.description
         self.batch = analytic.batch
-        self._cache: dict[tuple, tuple[float, float, str, bool]] = {}
+        self._cache: dict[tuple, _Priced] = {}
+        self.has_measured_energy = table.has_energy()
         self.latency_efficiency, self.energy_efficiency = self._fit_efficiency()
 
     # efficiency = median(measured / analytic) over every measured row
@@ -316,7 +139,6 @@ class TableCostModel(CostModel):
                     lat.append(m.latency_s / c.latency_s)
                 if m.energy_j is not None and c.energy_j > 0:
                     en.append(m.energy_j / c.energy_j)
-        self.energy_measured = bool(en)
         return (
             statistics.median(lat) if lat else 1.0,
             statistics.median(en) if en else 1.0,
@@ -329,19 +151,27 @@ class TableCostModel(CostModel):
     def static_w(self) -> float:
         return self.analytic.static_w
 
+    def energy_note(self) -> str:
+        return self.analytic.energy_note()
+
+    def _rows_of(self, layer: LayerInfo) -> PerShape | None:
+        key = shape_key(layer, self.batch)
+        return self.table.rows.get(key) if key is not None else None
+
+    def is_measured(self, layer: LayerInfo) -> bool:
+        """True when the table has rows of this layer's shape at the model's batch."""
+        return bool(self._rows_of(layer))
+
+    def covers(self, w_bits: int, a_bits: int) -> bool:
+        """True when some row of the table (any shape) has at least these bits."""
+        return any(w >= w_bits and a >= a_bits for p in self.table.rows.values() for w, a in p)
+
     def backend(self, layer: LayerInfo, w_bits: int, a_bits: int) -> str:
         """The measured row's ``backend`` that prices these bits ("" if not measured): tells a
         deployment which kernel the prediction assumed (int8 or the faster fp32 fallback)."""
-        key = shape_key(layer, self.batch)
-        per_shape = self.table.rows.get(key) if key is not None else None
-        if not per_shape:
-            return ""
-        ok = [
-            (m.latency_s, pw * pa, m)
-            for (pw, pa), m in per_shape.items()
-            if pw >= w_bits and pa >= a_bits
-        ]
-        return min(ok, key=lambda t: (t[0], t[1]))[2].backend if ok else ""
+        per_shape = self._rows_of(layer)
+        cell = _cover(per_shape, w_bits, a_bits) if per_shape else None
+        return cell.backend if cell else ""
 
     def kernel_key(self, layer: LayerInfo, w_bits: int, a_bits: int) -> tuple:
         """The hardware's executed precision; bilinear tables price every bit-width on its own."""
@@ -351,37 +181,51 @@ class TableCostModel(CostModel):
     def channel_quantum(self, layer: LayerInfo) -> int:
         return self.analytic.channel_quantum(layer)
 
+    def _sub_layer(self, layer: LayerInfo, n: int) -> LayerInfo | None:
+        """The layer restricted to ``n`` output channels, when the table could have measured it."""
+        if n == layer.out_channels or layer.groups != 1:
+            return None
+        return replace(
+            layer, out_channels=n, output_shape=(n, *layer.output_shape[1:]),
+            weight_shape=(n, *layer.weight_shape[1:]), params=layer.params_per_channel * n,
+            macs=layer.macs_per_channel * n,
+        )  # fmt: skip
+
+    def _priced(self, layer: LayerInfo, w: int, a: int, n: int) -> _Priced:
+        sub = self._sub_layer(layer, n)
+        if n == layer.out_channels:
+            return self._whole(layer, w, a)
+        if sub is not None and self.is_measured(sub):
+            return self._whole(sub, w, a)
+        return self._scaled_sub_kernel(layer, w, a, n)
+
     def layer_cost(
         self, layer: LayerInfo, w_bits: int, a_bits: int, *, out_channels: int | None = None
     ) -> Cost:
         check_bits(w_bits, a_bits)
         n = check_out_channels(layer, out_channels)
-        sub = None
-        if n < layer.out_channels and layer.groups == 1:
-            sub = replace(
-                layer, out_channels=n, output_shape=(n, *layer.output_shape[1:]),
-                weight_shape=(n, *layer.weight_shape[1:]), params=layer.params_per_channel * n,
-                macs=layer.macs_per_channel * n,
-            )  # fmt: skip
-        if n == layer.out_channels or (sub is not None and self._measured_shape(sub)):
-            lat, en, bound, extra = self._whole(sub or layer, w_bits, a_bits)
-        else:
-            lat, en, bound, extra = self._scaled_sub_kernel(layer, w_bits, a_bits, n)
+        p = self._priced(layer, w_bits, a_bits, n)
         an = self.analytic.layer_cost(layer, w_bits, a_bits, out_channels=n)
         return replace(
-            an, latency_s=lat, energy_j=en, bound=bound, extrapolated=extra,
-            weight_bytes=weight_bytes_of(layer, w_bits, n),
+            an, latency_s=p.latency_s, energy_j=p.energy_j, bound=p.bound,
+            extrapolated=p.extrapolated, weight_bytes=weight_bytes_of(layer, w_bits, n),
+            measured_energy_j=p.energy_j if p.energy_measured else 0.0,
         )  # fmt: skip
 
-    def _measured_shape(self, layer: LayerInfo) -> bool:
-        key = shape_key(layer, self.batch)
-        return key is not None and key in self.table.rows
+    def price_source(
+        self, layer: LayerInfo, w_bits: int, a_bits: int, *, out_channels: int | None = None
+    ) -> str:
+        """How ``layer_cost`` priced these bits: one of :data:`SOURCES`."""
+        check_bits(w_bits, a_bits)
+        n = check_out_channels(layer, out_channels)
+        return self._priced(layer, w_bits, a_bits, n).source
 
-    def _scaled_sub_kernel(
-        self, layer: LayerInfo, w: int, a: int, n: int
-    ) -> tuple[float, float, str, bool]:
-        """Whole-layer cost split by the analytic model's share of the sub-kernel, overhead kept."""
-        lat, en, bound, _ = self._whole(layer, w, a)
+    def _scaled_sub_kernel(self, layer: LayerInfo, w: int, a: int, n: int) -> _Priced:
+        """Whole-layer cost split by the analytic model's share of the sub-kernel, overhead kept.
+
+        The table has per-tensor rows only, so this is an extrapolation: the bound is the
+        analytic sub-kernel's, the energy counts as not measured."""
+        whole = self._whole(layer, w, a)
         over = self.group_overhead(layer)
         full = self.analytic.layer_cost(layer, w, a)
         part = self.analytic.layer_cost(layer, w, a, out_channels=n)
@@ -391,62 +235,71 @@ class TableCostModel(CostModel):
             share = (a_part - fixed) / var_full if var_full > 0 else n / layer.out_channels
             return fixed + max(total - fixed, 0.0) * min(max(share, 0.0), 1.0)
 
-        return (
-            split(lat, full.latency_s, part.latency_s, over.latency_s),
-            split(en, full.energy_j, part.energy_j, over.energy_j),
-            bound,
-            True,
-        )
+        return _Priced(
+            split(whole.latency_s, full.latency_s, part.latency_s, over.latency_s),
+            split(whole.energy_j, full.energy_j, part.energy_j, over.energy_j),
+            part.bound, True, "extrapolated", False,
+        )  # fmt: skip
 
-    def _whole(self, layer: LayerInfo, w: int, a: int) -> tuple[float, float, str, bool]:
+    def _whole(self, layer: LayerInfo, w: int, a: int) -> _Priced:
         key = shape_key(layer, self.batch)
         ck = (key if key is not None else layer, w, a)
         if ck not in self._cache:
-            self._cache[ck] = self._lookup(layer, key, w, a)
+            self._cache[ck] = self._lookup(layer, self._rows_of(layer), w, a)
         return self._cache[ck]
 
-    def _lookup(
-        self, layer: LayerInfo, key: ShapeKey | None, w: int, a: int
-    ) -> tuple[float, float, str, bool]:
-        per_shape = self.table.rows.get(key) if key is not None else None
+    def _lookup(self, layer: LayerInfo, per_shape: PerShape | None, w: int, a: int) -> _Priced:
         found = None
         if per_shape:
             if self.interpolation == "bilinear":
                 found = self._bilinear(per_shape, w, a)
             if found is None:
                 found = self._round_up(per_shape, w, a)
-        if found is not None:
-            lat, en, extra = found
-            bound = "measured"
-        else:
-            c = self.analytic.layer_cost(layer, w, a)
-            lat = c.latency_s * self.latency_efficiency
-            # Without measured energies, energy follows the calibrated time (static power x t).
-            en = c.energy_j * self.energy_efficiency if self.energy_measured else None
-            bound, extra = c.bound, True
+        if found is None:
+            return self._fallback(layer, per_shape, w, a)
+        lat, en, source = found
+        measured = en is not None and source != "extrapolated"
         if en is None:
             en = self.analytic.energy_at_latency(layer, w, a, lat)
-        for (w2, a2), m in (per_shape or {}).items():  # never below a measured cheaper pair
-            if w2 <= w and a2 <= a:
-                lat = max(lat, m.latency_s)
-                if m.energy_j is not None:
-                    en = max(en, m.energy_j)
-        return lat, en, bound, extra
+            en = max(en, self._floor(per_shape, w, a)[1])
+        return _Priced(lat, en, "measured", source == "extrapolated", source, measured)
+
+    def _fallback(self, layer: LayerInfo, per_shape: PerShape | None, w: int, a: int) -> _Priced:
+        """Unmeasured shape or bits above every measured pair: the calibrated analytic model,
+        never below a measured-priced pair with fewer bits."""
+        c = self.analytic.layer_cost(layer, w, a)
+        floor_lat, floor_en = self._floor(per_shape, w, a)
+        lat = max(c.latency_s * self.latency_efficiency, floor_lat)
+        if self.has_measured_energy:
+            en = c.energy_j * self.energy_efficiency
+        else:  # energy follows the calibrated time (often static power x time)
+            en = self.analytic.energy_at_latency(layer, w, a, lat)
+        return _Priced(lat, max(en, floor_en), c.bound, True, "extrapolated", False)
 
     @staticmethod
-    def _round_up(
-        per_shape: dict[tuple[int, int], Measurement], w: int, a: int
-    ) -> tuple[float, float | None, bool] | None:
-        ok = [(m.latency_s, pw * pa, m) for (pw, pa), m in per_shape.items() if pw >= w and pa >= a]
-        if not ok:
+    def _floor(per_shape: PerShape | None, w: int, a: int) -> tuple[float, float]:
+        """The highest measured-priced cost of a pair below (w, a): every pair with fewer bits
+        than (w, a) is covered by some row q, so the pair (min(w, q_w), min(a, q_a)) bounds it."""
+        lat = en = 0.0
+        if not per_shape:
+            return lat, en
+        for qw, qa in per_shape:
+            cell = _cover(per_shape, min(w, qw), min(a, qa))
+            if cell is not None:
+                lat = max(lat, cell.latency_s)
+                en = max(en, cell.energy_j or 0.0)
+        return lat, en
+
+    @staticmethod
+    def _round_up(per_shape: PerShape, w: int, a: int) -> tuple[float, float | None, str] | None:
+        cell = _cover(per_shape, w, a)
+        if cell is None:
             return None
-        m = min(ok, key=lambda t: (t[0], t[1]))[2]
-        return m.latency_s, m.energy_j, False
+        source = "measured" if cell.pair == (w, a) else "rounded-up"
+        return cell.latency_s, cell.energy_j, source
 
     @staticmethod
-    def _bilinear(
-        per_shape: dict[tuple[int, int], Measurement], w: int, a: int
-    ) -> tuple[float, float | None, bool] | None:
+    def _bilinear(per_shape: PerShape, w: int, a: int) -> tuple[float, float | None, str] | None:
         ws = sorted({p[0] for p in per_shape})
         as_ = sorted({p[1] for p in per_shape})
         w0, w1, tw, sw = _interp_1d(ws, w)
@@ -454,14 +307,26 @@ class TableCostModel(CostModel):
         corners = [(w0, a0), (w1, a0), (w0, a1), (w1, a1)]
         if any(c not in per_shape for c in corners):
             return None
+        cells = [_cover(per_shape, *c) for c in corners]  # falling rows: the cheaper kernel
         weights = [(1 - tw) * (1 - ta), tw * (1 - ta), (1 - tw) * ta, tw * ta]
-        lat = (
-            sum(wt * per_shape[c].latency_s for wt, c in zip(weights, corners, strict=True))
-            * sw
-            * sa
-        )
-        energies = [per_shape[c].energy_j for c in corners]
+        scale = sw * sa
+        lat = sum(wt * c.latency_s for wt, c in zip(weights, cells, strict=True)) * scale  # type: ignore[union-attr]
+        energies = [c.energy_j for c in cells]  # type: ignore[union-attr]
         en = None
         if all(e is not None for e in energies):
-            en = sum(wt * e for wt, e in zip(weights, energies, strict=True)) * sw * sa  # type: ignore[operator]
-        return lat, en, (sw != 1.0 or sa != 1.0)
+            en = sum(wt * e for wt, e in zip(weights, energies, strict=True)) * scale  # type: ignore[operator]
+        if scale != 1.0:
+            source = "extrapolated"
+        elif tw or ta:
+            source = "interpolated"
+        else:
+            source = "measured" if cells[0].pair == (w, a) else "rounded-up"  # type: ignore[union-attr]
+        return lat, en, source
+
+
+def is_unquantized_gap(model: CostModel, w_bits: int, a_bits: int) -> bool:
+    """True when (w, a) is unquantized (16/32 bits) and ``model`` is a table with no row that
+    high: such costs come from the fallback by design and are not worth flagging per layer."""
+    if not isinstance(model, TableCostModel):
+        return False
+    return (w_bits in FLOAT_BITS or a_bits in FLOAT_BITS) and not model.covers(w_bits, a_bits)

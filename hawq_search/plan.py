@@ -3,13 +3,20 @@
 A plan names, for every quantizable layer, the bit-width of each output channel's weights and of
 the layer's input activation (with its calibrated clip), plus the costs the plan claims. Costs
 are recomputed from the bits by :meth:`Plan.recompute_totals`, never trusted from a solver.
+
+Plans are checked on load against the published JSON Schema
+(``hawq_search/schemas/plan.schema.json``, see :mod:`hawq_search.plan_schema`), then for what a
+schema cannot say (layers listed twice, channel counts that disagree). Schema version 2 adds
+``model.source`` and ``provenance.search``; version 1 plans load and are migrated in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +24,28 @@ import numpy as np
 from torch import nn
 
 from cost_models.size import layer_bops, layer_weight_bytes
-from hawq_search.exceptions import PlanMismatchError, PlanVersionError, UserInputError
-from hawq_search.graph.layers import LayerInfo
-from hawq_search.quant.bits import ALLOWED_BITS, is_quantized
+from hawq_search.core.bits import is_quantized
+from hawq_search.core.exceptions import PlanMismatchError, PlanVersionError, UserInputError
+from hawq_search.core.layers import LayerInfo
+from hawq_search.plan_schema import validate_plan_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
+V1_MODEL_SOURCE = "registry"  # model.source of a version 1 plan (v1 had no such field)
 SIZE_DEFINITION = (
     "bytes = per layer ceil(sum_c params_c * w_bits_c / 8) + 4 B fp32 scale per quantized "
     "output channel + 4 B fp32 bias (or folded BatchNorm shift) per output channel; "
     "16/32-bit channels are stored as fp16/fp32 without scale; 1 MB = 10**6 bytes"
 )
 
-__all__ = ["SCHEMA_VERSION", "SIZE_DEFINITION", "LayerPlan", "Plan", "apply_plan"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "SIZE_DEFINITION",
+    "LayerPlan",
+    "Plan",
+    "apply_plan",
+]
 
 
 @dataclass
@@ -120,24 +137,27 @@ class Plan:
         """Per-layer and total latency/energy under ``cost_model`` (one sub-kernel per executed
         precision, exact tile padding), recorded in the plan; returns the totals. Totals include
         the model's measured non-quantizable ops (``cost_model.fixed_cost``) when known."""
-        latency = energy = 0.0
+        latency = energy = measured = 0.0
         extrapolated = []
         for lp in self.layers:
             c = cost_model.plan_cost(lp.info, lp.w_bits, lp.a_bits)
             lp.hardware = {
                 "latency_s": c.latency_s,
                 "energy_j": c.energy_j,
+                "energy_measured": c.energy_measured,
                 "bound": c.bound,
                 "extrapolated": c.extrapolated,
                 "sub_kernels": cost_model.kernel_groups(lp.info, lp.w_bits, lp.a_bits),
             }
             latency += c.latency_s
             energy += c.energy_j
+            measured += c.measured_energy_j
             if c.extrapolated:
                 extrapolated.append(lp.name)
         other = cost_model.fixed_cost([lp.info for lp in self.layers])
         latency += other.latency_s
         energy += other.energy_j
+        measured += other.measured_energy_j
         self.totals.update(
             {
                 "other_ops_latency_s": other.latency_s,
@@ -145,6 +165,9 @@ class Plan:
                 "accelerator_batch": cost_model.batch,
                 "latency_s": latency,
                 "energy_j": energy,
+                "energy_measured": measured > 0 and abs(measured - energy) <= 1e-9 * energy,
+                "measured_energy_j": measured,
+                "energy_note": cost_model.energy_note(),
                 "extrapolated_layers": extrapolated,
             }
         )
@@ -161,27 +184,44 @@ class Plan:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically, so an interrupted run never leaves half a plan."""
+        """Write atomically (unique temp file in the same directory, fsync, rename), so an
+        interrupted run never leaves half a plan nor a stray temp file."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
+        text = json.dumps(self.to_dict(), indent=1)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _new_file_mode())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
+        """A plan from its JSON object (version 1 or 2); one-line UserInputError if invalid."""
+        return cls._from_dict(d, "plan")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        path = Path(path)
+        source = f"plan file {path}"
+        return cls._from_dict(_read_json(path, source), source)
+
+    @classmethod
+    def _from_dict(cls, d: object, source: str) -> Plan:
         if not isinstance(d, dict):
-            raise UserInputError(f"plan is a JSON {type(d).__name__}, not an object: regenerate it")
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise PlanVersionError(
-                f"plan schema_version {version!r} is not supported (this hawq-search reads "
-                f"{SCHEMA_VERSION}): regenerate the plan with this version"
+            raise UserInputError(
+                f"{source} is a JSON {type(d).__name__}, not an object: regenerate it"
             )
+        _check_version(d.get("schema_version"), source)
+        validate_plan_dict(d, source)
+        d = _migrate(d)
         try:
-            if not isinstance(d["layers"], list) or not all(
-                isinstance(x, dict) for x in d["layers"]
-            ):
-                raise TypeError("'layers' must be a list of objects")
             layers = [LayerPlan.from_dict(x) for x in d["layers"]]
             plan = cls(
                 d["model"],
@@ -192,32 +232,118 @@ class Plan:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserInputError(
-                f"plan is malformed ({type(exc).__name__}: {exc}): regenerate it"
+                f"{source} is malformed ({type(exc).__name__}: {exc}): regenerate it"
             ) from None
-        for lp in layers:
-            bad = sorted({b for b in lp.w_bits + [lp.a_bits] if b not in ALLOWED_BITS})
-            if bad:
-                raise UserInputError(
-                    f"plan layer {lp.name} has unsupported bits {bad}: use 2..8, 16 or 32"
-                )
+        _check_layers(layers, source)
         return plan
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Plan:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserInputError(f"plan file {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise UserInputError(
-                f"plan file {path} is not valid JSON (line {exc.lineno}): regenerate it"
-            ) from None
-        return cls.from_dict(d)
 
     @property
     def act_quantized(self) -> bool:
         return any(is_quantized(lp.a_bits) for lp in self.layers)
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (mkstemp uses 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _read_json(path: Path, source: str) -> object:
+    """Parse a plan file, turning every way it can be unreadable into one-line UserInputError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserInputError(f"{source} does not exist") from None
+    except IsADirectoryError:
+        raise UserInputError(f"{source} is a directory, not a plan file") from None
+    except OSError as exc:
+        raise UserInputError(f"{source} cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(
+            f"{source} is not UTF-8 text (bad byte at offset {exc.start}), so not a plan: "
+            "regenerate it"
+        ) from None
+    if "\x00" in text:
+        raise UserInputError(f"{source} is a binary file, not a JSON plan: regenerate it")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(
+            f"{source} is not valid JSON (line {exc.lineno}): regenerate it"
+        ) from None
+    except RecursionError:
+        raise UserInputError(f"{source} is nested too deeply to be a plan: regenerate it") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
+        msg = " ".join(str(exc).split())
+        raise UserInputError(f"{source} is not valid JSON ({msg}): regenerate it") from None
+
+
+def _check_version(version: object, source: str) -> None:
+    if version is None:
+        raise PlanVersionError(
+            f"{source} has no schema_version, so it is not a hawq-search plan: regenerate it"
+        )
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+        supported = " and ".join(map(str, SUPPORTED_SCHEMA_VERSIONS))
+        raise PlanVersionError(
+            f"{source}: schema_version {_short(version)} is not supported (this hawq-search "
+            f"reads {supported}): regenerate the plan with this version"
+        )
+
+
+def _short(value: object) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _migrate(d: dict) -> dict:
+    """A validated plan dict in the current schema version (the input is not modified)."""
+    if d["schema_version"] == SCHEMA_VERSION:
+        return d
+    # 1 -> 2: model.source appeared (v1 plans came from the model registry unless they say
+    # otherwise); provenance.search is optional in both versions.
+    model = {"source": V1_MODEL_SOURCE, **d["model"]}
+    return {**d, "schema_version": SCHEMA_VERSION, "model": model}
+
+
+def _check_layers(layers: list[LayerPlan], source: str) -> None:
+    """What the schema cannot say: unique names, channel counts and shapes that agree, one
+    activation bit-width per shared activation quantizer."""
+    seen: set[str] = set()
+    group_bits: dict[str, tuple[str, int]] = {}
+    for i, lp in enumerate(layers):
+        where = f"{source}: field layers[{i}]"
+        if lp.name in seen:
+            raise UserInputError(f"{where}: layer {lp.name!r} is listed twice: regenerate the plan")
+        seen.add(lp.name)
+        problem = _channel_problem(lp)
+        if problem:
+            raise UserInputError(f"{where} ({lp.name}): {problem}: regenerate the plan")
+        first, bits = group_bits.setdefault(lp.act_group, (lp.name, lp.a_bits))
+        if bits != lp.a_bits:
+            raise UserInputError(
+                f"{where} ({lp.name}): a_bits {lp.a_bits} differs from a_bits {bits} of "
+                f"{first}, which shares act_group {lp.act_group!r}: regenerate the plan"
+            )
+
+
+def _channel_problem(lp: LayerPlan) -> str | None:
+    """Why ``lp``'s channel count or shape is inconsistent, or None."""
+    channels = lp.weight_shape[0]
+    if len(lp.w_bits) != channels:
+        return f"{len(lp.w_bits)} w_bits for weight_shape[0] = {channels} output channels"
+    if lp.info is not None:
+        if tuple(lp.info.weight_shape) != tuple(lp.weight_shape):
+            return (
+                f"weight_shape {list(lp.weight_shape)} differs from layer.weight_shape "
+                f"{list(lp.info.weight_shape)}"
+            )
+        if lp.info.out_channels != channels:
+            return f"{channels} output channels but layer.out_channels = {lp.info.out_channels}"
+    return None
 
 
 def _check_fit(model: nn.Module, plan: Plan) -> dict[str, nn.Module]:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from hawq_search.files import atomic_write_text, write_json
 from hawq_search.plan import SIZE_DEFINITION, Plan, layer_summary
 
-__all__ = ["write_json", "write_report", "console_table"]
+__all__ = ["console_table", "solver_status", "write_json", "write_report"]
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Atomic write: a crash never leaves a truncated file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
-
-
-def console_table(summary: dict) -> str:
+def console_table(summary: dict, plan: Plan | None = None) -> str:
+    """The console summary; with a ``plan`` priced on an accelerator, its latency, energy,
+    their budgets and the extrapolated layers too."""
     t = summary["top1"]
     ub = summary["uniform_bits"]
     rows = [
@@ -42,7 +37,52 @@ def console_table(summary: dict) -> str:
         lines.append(
             f"budget {budget / 1e6:.4f} MB (1 MB = 10^6 bytes, scales and biases included)"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + hardware_lines(plan, max_names=8))
+
+
+def hardware_lines(plan: Plan | None, max_names: int | None = None) -> list[str]:
+    """Latency and energy of a priced plan against their budgets, and its extrapolated layers
+    (at most ``max_names`` of them by name); no lines when the plan was not priced on an
+    accelerator."""
+    if plan is None or plan.totals.get("latency_s") is None:
+        return []
+    t, b = plan.totals, plan.budgets or {}
+    lines = [
+        f"{t.get('accelerator')} (batch {t.get('accelerator_batch')}): latency "
+        f"{t['latency_s'] * 1e3:.4f} ms per batch{_budget(b.get('latency_s'), 1e3, 'ms')}",
+        f"energy {t['energy_j'] * 1e3:.4f} mJ per batch{_energy_flag(plan)}"
+        f"{_budget(b.get('energy_j'), 1e3, 'mJ')}",
+    ]
+    extra = list(t.get("extrapolated_layers") or [])
+    if extra:
+        shown = extra if max_names is None else extra[:max_names]
+        more = f", ... ({len(extra) - len(shown)} more)" if len(shown) < len(extra) else ""
+        lines.append(
+            f"extrapolated (outside the measured cost table): {len(extra)} "
+            f"layer{'s' if len(extra) != 1 else ''}: " + ", ".join(shown) + more
+        )
+    return lines
+
+
+def energy_measured(plan: Plan) -> bool:
+    """True when the plan's energy is all measured; energies the plan does not flag as measured
+    (static power x time, analytic estimates, plans written before the flag) are not."""
+    if "energy_measured" in plan.totals:
+        return bool(plan.totals["energy_measured"])
+    hw = [lp.hardware for lp in plan.layers]
+    layers_ok = bool(hw) and all(h and h.get("energy_measured") for h in hw)
+    return layers_ok and not plan.totals.get("other_ops_latency_s")
+
+
+def _energy_flag(plan: Plan) -> str:
+    if energy_measured(plan):
+        return " (measured)"
+    how = plan.totals.get("energy_note") or "static power x time or an analytic estimate"
+    return f" (not measured: {how})"
+
+
+def _budget(value, scale: float, unit: str) -> str:
+    return "" if value is None else f", budget {value * scale:.4f} {unit}"
 
 
 def write_report(path: Path, summary: dict, plan: Plan) -> None:
@@ -62,27 +102,81 @@ def write_report(path: Path, summary: dict, plan: Plan) -> None:
         f"| searched plan | {s['avg_weight_bits']:.3f} (mean) | {s['act_bits_summary']} | {s['plan_bytes'] / 1e6:.4f} | "
         f"{s['plan_bops'] / 1e9:.2f} | {t['plan']:.2f} |",
         "",
-        f"Budgets: size {_mb(s['budget_bytes'])}, BOPs {s['budget_bops'] or 'none'}. {SIZE_DEFINITION}.",
+        f"Budgets: size {_mb(s['budget_bytes'])}, BOPs {s['budget_bops'] or 'none'}"
+        f"{_hw_budgets(plan)}. {SIZE_DEFINITION}.",
         "",
-        f"Search: {s['solver']['name']}, status {s['solver']['status']}, relative gap "
-        f"{s['solver']['mip_gap']:.2e}, {s['solver']['solve_time_s']:.3f} s; sensitivity "
+        f"Search: {s['solver']['name']}, {solver_status(s['solver'])}; sensitivity "
         f"`{s['sensitivity']}`. PTQ only (no fine-tuning).",
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["timings_s"].items()),
         "",
+        *_hardware_section(plan),
         "## Per layer",
         "",
-        "| layer | channels | W bits mean (min-max) | A bits | bytes | predicted loss increase |",
-        "|---|---|---|---|---|---|",
+        *_layer_table(plan),
     ]
-    for r in layer_summary(plan):
-        lines.append(
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _priced(plan: Plan) -> bool:
+    return plan.totals.get("latency_s") is not None and all(lp.hardware for lp in plan.layers)
+
+
+def _hw_budgets(plan: Plan) -> str:
+    b = plan.budgets or {}
+    if b.get("latency_s") is None and b.get("energy_j") is None:
+        return ""
+    lat = "none" if b.get("latency_s") is None else f"{b['latency_s'] * 1e3:.4f} ms"
+    en = "none" if b.get("energy_j") is None else f"{b['energy_j'] * 1e3:.4f} mJ"
+    return f", latency {lat}, energy {en} per batch on {b.get('accelerator')}"
+
+
+def _hardware_section(plan: Plan) -> list[str]:
+    if plan.totals.get("latency_s") is None:
+        return []
+    t = plan.totals
+    lines = [f"## Hardware: {t.get('accelerator')} (batch {t.get('accelerator_batch')})", ""]
+    lines += [f"- {line}" for line in hardware_lines(plan)]
+    if not t.get("extrapolated_layers"):
+        lines.append("- no layer is extrapolated")
+    if t.get("other_ops_latency_s"):
+        lines.append(f"- includes other ops (measured): {t['other_ops_latency_s'] * 1e3:.4f} ms")
+    return [*lines, ""]
+
+
+def _layer_table(plan: Plan) -> list[str]:
+    """Per-layer rows; with latency, energy, bound and extrapolation when the plan is priced."""
+    head = "| layer | channels | W bits mean (min-max) | A bits | bytes | predicted loss increase |"
+    priced = _priced(plan)
+    flags = [bool(lp.hardware.get("energy_measured")) for lp in plan.layers] if priced else []
+    energy_head = "energy (mJ)" if any(flags) else "energy (mJ, not measured)"
+    if priced:
+        head += f" latency (ms) | {energy_head} | bound | extrapolated |"
+    lines = [head, "|---" * head.count(" | ") + "|---|"]
+    for r, lp in zip(layer_summary(plan), plan.layers, strict=True):
+        row = (
             f"| {r['name']} | {r['channels']} | {r['w_mean']:.2f} ({r['w_min']}-{r['w_max']}) | "
             f"{r['a_bits']} | {r['bytes']} | {r['pred']:.3e} |"
         )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+        if priced:
+            hw = lp.hardware
+            mark = " (not measured)" if any(flags) and not hw.get("energy_measured") else ""
+            row += (
+                f" {hw['latency_s'] * 1e3:.4f} | {hw['energy_j'] * 1e3:.4f}{mark} | "
+                f"{hw['bound']} | {'yes' if hw['extrapolated'] else 'no'} |"
+            )
+        lines.append(row)
+    return lines
+
+
+def solver_status(solver: dict) -> str:
+    """``optimal, gap 7.0e-05, 0.21 s``: the parts a solver reported (gap and time are optional)."""
+    parts = [str(solver.get("status"))]
+    if solver.get("mip_gap") is not None:
+        parts.append(f"gap {solver['mip_gap']:.1e}")
+    if solver.get("solve_time_s") is not None:
+        parts.append(f"{solver['solve_time_s']:.2f} s")
+    return ", ".join(parts)
 
 
 def _mb(v) -> str:

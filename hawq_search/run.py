@@ -6,51 +6,61 @@ import time
 
 import numpy as np
 
-from hawq_search.pipeline import Session, config_dict, jsonable
+from hawq_search.config import config_dict
+from hawq_search.files import jsonable
+from hawq_search.pipeline import Pipeline
+from hawq_search.plan import Plan
 from hawq_search.report import write_json, write_report
+from searches import SearchResult
 
 __all__ = ["run_job"]
 
 
-def run_job(session: Session) -> dict:
-    """Sensitivities, search, uniform baseline and PTQ evaluation; writes the run directory."""
-    c = session.config
-    session.check_budgets()
+def run_job(pipe: Pipeline) -> dict:
+    """Sensitivities, search, uniform baseline and PTQ evaluation; writes the run directory.
+
+    ``plan.json`` is written as soon as the search has found it, so an interrupted evaluation
+    never loses a plan."""
+    out = pipe.run_dir()
+    pipe.check_budgets()
     t0 = time.perf_counter()
-    table = session.sensitivity()
-    session.timings.sensitivity = time.perf_counter() - t0
+    table = pipe.sensitivity()
+    pipe.timings.sensitivity = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    plan, result = session.search(table)
-    session.timings.search = time.perf_counter() - t0
+    plan, result = pipe.search(table)
+    pipe.timings.search = time.perf_counter() - t0
+    plan.save(out / "plan.json")
 
-    budget_bytes = c.budget_mb * 1e6 if c.budget_mb is not None else None
-    uniform = session.uniform_plan(budget_bytes, c.bops)
-    fp_plan = session.make_plan(
-        {layer.name: [32] * layer.out_channels for layer in session.graph.layers},
-        {g: 32 for g in session.graph.act_groups},
-    )
+    uniform = pipe.uniform_plan()
+    uniform.save(out / "uniform-plan.json")
     t0 = time.perf_counter()
     top1 = {
-        "fp": session.evaluate(None, "float"),
-        "uniform": session.evaluate(uniform, "uniform"),
-        "plan": session.evaluate(plan, "plan"),
+        "fp": pipe.top1(None, "float"),
+        "uniform": pipe.top1(uniform, "uniform"),
+        "plan": pipe.top1(plan, "plan"),
     }
-    session.timings.evaluation = time.perf_counter() - t0
+    pipe.timings.evaluation = time.perf_counter() - t0
 
-    session.out.mkdir(parents=True, exist_ok=True)
-    plan.save(session.out / "plan.json")
-    uniform.save(session.out / "uniform-plan.json")
+    summary = jsonable(_summary(pipe, plan, uniform, result, table, top1))
+    write_json(out / "summary.json", summary)
+    write_report(out / "report.md", summary, plan)
+    return summary
+
+
+def _summary(pipe: Pipeline, plan: Plan, uniform: Plan, result: SearchResult, table, top1) -> dict:
+    c = pipe.config
     a_bits = sorted({lp.a_bits for lp in plan.layers})
-    summary = {
+    where = c.data_dir or "default location"
+    return {
         "model": c.model,
-        "budget_bytes": budget_bytes,
+        "budget_bytes": c.size_budget_bytes,
         "budget_bops": c.bops,
         "plan_bytes": plan.totals["bytes"],
         "plan_bops": plan.totals["bops"],
         "uniform_bytes": uniform.totals["bytes"],
         "uniform_bops": uniform.totals["bops"],
-        "fp_bytes": fp_plan.totals["bytes"],
+        "fp_bytes": pipe.float_plan().totals["bytes"],
         "top1": top1,
         "uniform_bits": uniform.provenance["uniform_bits"],
         "avg_weight_bits": plan.totals["avg_weight_bits"],
@@ -66,22 +76,20 @@ def run_job(session: Session) -> dict:
         },
         "sensitivity": table.method,
         "sensitivity_cached": bool(table.meta.get("cached")),
+        "sensitivity_runtime": table.meta.get("runtime"),
+        "runtime": pipe.runtime.to_dict(),
         "timings_s": {
-            "sensitivity": session.timings.sensitivity,
-            "search": session.timings.search,
-            "evaluation": session.timings.evaluation,
+            "sensitivity": pipe.timings.sensitivity,
+            "search": pipe.timings.search,
+            "evaluation": pipe.timings.evaluation,
         },
-        "eval_images": len(session.eval_data),
-        "eval_source": f"{session.eval_data.source} ({c.data_dir or 'default location'})",
-        "calib_images": len(session.calib),
-        "calib_source": f"{session.calib.source} ({c.data_dir or 'default location'})",
+        "eval_images": len(pipe.eval_data),
+        "eval_source": f"{pipe.eval_data.source} ({where})",
+        "calib_images": len(pipe.calib),
+        "calib_source": f"{pipe.calib.source} ({where})",
         "seed": c.seed,
         "config": config_dict(c),
     }
-    summary = jsonable(summary)
-    write_json(session.out / "summary.json", summary)
-    write_report(session.out / "report.md", summary, plan)
-    return summary
 
 
 def _histogram(plan) -> dict[str, int]:

@@ -1,17 +1,25 @@
-"""Solvers over one shared problem definition (:class:`SearchProblem`)."""
+"""Solvers over one shared problem definition (:class:`SearchProblem`).
 
+Add a solver by subclassing :class:`BaseSearch` (one ``solve(problem) -> SearchResult``); the
+pipeline builds the problem, re-prices the winning plan on the accelerator and turns it into a
+plan for any solver. This package imports only ``hawq_search.core``, numpy and scipy: no torch.
+"""
+
+from searches._base import BaseSearch
 from searches.brute_force import BruteForceSearch
 from searches.ilp import IlpSearch, resource_range
-from searches.problem import Resource, SearchProblem, WeightGroup
+from searches.problem import Resource, SearchProblem, Solution, WeightGroup
 from searches.result import SearchResult, SearchStatus
 
 __all__ = [
+    "BaseSearch",
     "BruteForceSearch",
     "IlpSearch",
     "Resource",
     "SearchProblem",
     "SearchResult",
     "SearchStatus",
+    "Solution",
     "WeightGroup",
     "resource_range",
 ]

@@ -6,13 +6,14 @@ import itertools
 
 import numpy as np
 
+from searches._base import BaseSearch
 from searches.problem import SearchProblem
 from searches.result import SearchResult, SearchStatus
 
 __all__ = ["BruteForceSearch"]
 
 
-class BruteForceSearch:
+class BruteForceSearch(BaseSearch):
     name = "brute-force"
 
     def __init__(self, max_plans: int = 2_000_000) -> None:
@@ -27,7 +28,7 @@ class BruteForceSearch:
         best = None
         for w in itertools.product(*w_opts):
             for a in itertools.product(*a_opts):
-                obj, costs = problem.evaluate(np.array(w), np.array(a))
+                obj, costs = problem.objective_and_totals(np.array(w), np.array(a))
                 if any(
                     r.budget is not None
                     and costs[r.name] > (r.budget - r.slack) * (1 + 1e-9) + 1e-300
@@ -38,4 +39,9 @@ class BruteForceSearch:
                     best = (obj, np.array(w), np.array(a), costs)
         if best is None:
             return SearchResult(SearchStatus.INFEASIBLE, "no plan meets the budgets")
-        return SearchResult(SearchStatus.OPTIMAL, "exhaustive", best[1], best[2], best[0], best[3])
+        return SearchResult(
+            SearchStatus.OPTIMAL,
+            "exhaustive",
+            (problem.solution(best[1], best[2]),),
+            stats={"solver": self.name, "plans": int(n)},
+        )

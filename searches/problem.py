@@ -18,17 +18,23 @@ resource charges ``ceil(sum) - sum`` on top of the fractional amounts already in
 ``classes`` merges weight options of a layer that run in one kernel (e.g. W2..W8 on int8-only
 hardware): tiles and overheads are then counted per class, over the channels of all its options,
 and the options of a class must have equal ``pair`` and ``overhead`` costs.
+
+A problem holds names, arrays and budgets only (no model, no torch): :meth:`SearchProblem.save`
+writes it to one ``.npz`` file that :meth:`SearchProblem.load` reads back on any machine, so a
+worker process can solve it without the model or the data.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from hawq_search.graph.layers import LayerInfo
+__all__ = ["WeightGroup", "Resource", "SearchProblem", "Solution", "PROBLEM_FORMAT_VERSION"]
 
-__all__ = ["WeightGroup", "Resource", "SearchProblem"]
+PROBLEM_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,46 @@ class Resource:
     def classes_of(self, layer: str, n_options: int) -> tuple[int, ...]:
         return self.classes.get(layer, tuple(range(n_options)))
 
+    @property
+    def limit(self) -> float | None:
+        """What the decisions may add up to: the budget less the constant and the slack."""
+        return None if self.budget is None else self.budget - self.constant - self.slack
+
+
+@dataclass(frozen=True)
+class Solution:
+    """One plan of a problem: the option chosen per group, its predicted loss increase and its
+    resource totals (recomputed by :meth:`SearchProblem.solution`, never taken from a solver),
+    and the bit-widths it gives every layer's channels and every activation group."""
+
+    w_choice: np.ndarray  # option index per weight group
+    a_choice: np.ndarray  # option index per activation group
+    objective: float
+    totals: dict[str, float]
+    layer_bits: dict[str, tuple[int, ...]]  # layer -> weight bits of each output channel
+    act_bits: dict[str, int]  # activation group -> bits
+    group_bits: tuple[int, ...] = ()  # weight bits of each weight group, in problem order
+
+    def within(self, problem: SearchProblem, rel_tol: float = 1e-9) -> bool:
+        """Whether every budgeted total is within its budget (less its slack)."""
+        return all(
+            r.budget is None or self.totals[r.name] <= (r.budget - r.slack) * (1 + rel_tol)
+            for r in problem.resources
+        )
+
 
 @dataclass
 class SearchProblem:
-    layers: list[LayerInfo]
+    """Choose one weight option per weight group and one activation option per activation
+    group, minimising the summed predicted loss increase within every resource budget.
+
+    ``layer_names`` are in execution order; ``layer_act_groups[i]`` names the activation group
+    feeding layer ``i`` (its bits multiply that layer's pair costs). ``meta`` is free JSON data
+    the builder records (model, granularity, ...); solvers ignore it.
+    """
+
+    layer_names: tuple[str, ...]
+    layer_act_groups: tuple[str, ...]
     w_bits: tuple[int, ...]
     a_bits: tuple[int, ...]
     weight_groups: list[WeightGroup]
@@ -81,22 +123,32 @@ class SearchProblem:
     resources: list[Resource]
     w_allowed: np.ndarray | None = None  # (n_weight_groups, n_w_bits) bool; None = all allowed
     a_allowed: np.ndarray | None = None  # (n_act_groups, n_a_bits) bool
+    meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.layer_by_name = {layer.name: layer for layer in self.layers}
+        self.layer_names = tuple(self.layer_names)
+        self.layer_act_groups = tuple(self.layer_act_groups)
+        self.w_bits, self.a_bits = tuple(self.w_bits), tuple(self.a_bits)
+        if len(self.layer_names) != len(self.layer_act_groups):
+            raise ValueError("layer_names and layer_act_groups differ in length")
+        self.layer_index = {name: i for i, name in enumerate(self.layer_names)}
+        self.act_group_of = dict(zip(self.layer_names, self.layer_act_groups, strict=True))
         self.act_index = {g: i for i, g in enumerate(self.act_groups)}
+        self._groups_by_layer: dict[str, list[int]] = {}
+        for k, g in enumerate(self.weight_groups):
+            self._groups_by_layer.setdefault(g.layer, []).append(k)
         if self.w_allowed is None:
             self.w_allowed = np.ones((len(self.weight_groups), len(self.w_bits)), dtype=bool)
         if self.a_allowed is None:
             self.a_allowed = np.ones((len(self.act_groups), len(self.a_bits)), dtype=bool)
 
     def groups_of(self, layer: str) -> list[int]:
-        return [i for i, g in enumerate(self.weight_groups) if g.layer == layer]
+        return self._groups_by_layer.get(layer, [])
 
     def resource(self, name: str) -> Resource | None:
         return next((r for r in self.resources if r.name == name), None)
 
-    def evaluate(
+    def objective_and_totals(
         self, w_choice: np.ndarray, a_choice: np.ndarray
     ) -> tuple[float, dict[str, float]]:
         """Objective and resource totals of a choice (option indices), computed directly.
@@ -105,36 +157,73 @@ class SearchProblem:
         """
         obj = float(sum(g.loss[i] for g, i in zip(self.weight_groups, w_choice, strict=True)))
         obj += float(sum(self.act_loss[k, j] for k, j in enumerate(a_choice)))
-        totals = {}
-        for r in self.resources:
-            total = r.constant
-            if r.weight is not None:
-                total += float(sum(r.weight[k, i] for k, i in enumerate(w_choice)))
-            if r.act is not None:
-                total += float(sum(r.act[k, j] for k, j in enumerate(a_choice)))
-            nw = len(self.w_bits)
-            for layer, per_unit in r.pair.items():
-                j = a_choice[self.act_index[self.layer_by_name[layer].act_group]]
-                q = r.quantum.get(layer, 1)
-                cls = r.classes_of(layer, nw)
-                counts: dict[int, int] = {}
-                for k in self.groups_of(layer):
-                    c = cls[int(w_choice[k])]
-                    counts[c] = counts.get(c, 0) + self.weight_groups[k].count
-                for c, n in counts.items():
-                    total += float(per_unit[cls.index(c), j] * -(-n // q))
-            for layer, per_channel in r.round_up.items():
-                amount = sum(
-                    self.weight_groups[k].count * per_channel[int(w_choice[k])]
-                    for k in self.groups_of(layer)
-                )
-                total += float(_ceil(amount) - amount)
-            for layer, ovh in r.overhead.items():
-                cls = r.classes_of(layer, nw)
-                used = {cls[int(w_choice[k])] for k in self.groups_of(layer)}
-                total += float(sum(ovh[cls.index(c)] for c in used))
-            totals[r.name] = total
-        return obj, totals
+        return obj, {r.name: self._total(r, w_choice, a_choice) for r in self.resources}
+
+    def _total(self, r: Resource, w_choice: np.ndarray, a_choice: np.ndarray) -> float:
+        total = r.constant
+        if r.weight is not None:
+            total += float(sum(r.weight[k, i] for k, i in enumerate(w_choice)))
+        if r.act is not None:
+            total += float(sum(r.act[k, j] for k, j in enumerate(a_choice)))
+        nw = len(self.w_bits)
+        for layer, per_unit in r.pair.items():
+            j = a_choice[self.act_index[self.act_group_of[layer]]]
+            q = r.quantum.get(layer, 1)
+            cls = r.classes_of(layer, nw)
+            counts: dict[int, int] = {}
+            for k in self.groups_of(layer):
+                c = cls[int(w_choice[k])]
+                counts[c] = counts.get(c, 0) + self.weight_groups[k].count
+            for c, n in counts.items():
+                total += float(per_unit[cls.index(c), j] * -(-n // q))
+        for layer, per_channel in r.round_up.items():
+            amount = sum(
+                self.weight_groups[k].count * per_channel[int(w_choice[k])]
+                for k in self.groups_of(layer)
+            )
+            total += float(_ceil(amount) - amount)
+        for layer, ovh in r.overhead.items():
+            cls = r.classes_of(layer, nw)
+            used = {cls[int(w_choice[k])] for k in self.groups_of(layer)}
+            total += float(sum(ovh[cls.index(c)] for c in used))
+        return total
+
+    def solution(self, w_choice, a_choice) -> Solution:
+        """The :class:`Solution` of a choice, with objective and totals recomputed here."""
+        w = np.asarray(w_choice, dtype=np.int64)
+        a = np.asarray(a_choice, dtype=np.int64)
+        if w.shape != (len(self.weight_groups),) or a.shape != (len(self.act_groups),):
+            raise ValueError(
+                f"a choice needs {len(self.weight_groups)} weight and {len(self.act_groups)} "
+                f"activation option indices, got shapes {w.shape} and {a.shape}"
+            )
+        obj, totals = self.objective_and_totals(w, a)
+        channels: dict[str, list[int]] = {}
+        for g, i in zip(self.weight_groups, w, strict=True):
+            channels.setdefault(g.layer, []).extend([self.w_bits[i]] * g.count)
+        return Solution(
+            w_choice=w,
+            a_choice=a,
+            objective=obj,
+            totals=totals,
+            layer_bits={name: tuple(bits) for name, bits in channels.items()},
+            act_bits={g: self.a_bits[j] for g, j in zip(self.act_groups, a, strict=True)},
+            group_bits=tuple(self.w_bits[i] for i in w),
+        )
+
+    # ---- file round trip ------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the problem to one ``.npz`` file (no pickles), atomically."""
+        from searches._problem_file import write_problem
+
+        write_problem(self, Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SearchProblem:
+        """Read a problem written by :meth:`save` (``ValueError`` on a file that is not one)."""
+        from searches._problem_file import read_problem
+
+        return read_problem(Path(path))
 
 
 def _ceil(amount: float) -> int:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from searches.problem import Solution
+
 __all__ = ["SearchStatus", "SearchResult"]
 
 
@@ -19,14 +21,37 @@ class SearchStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class SearchResult:
+    """``solutions``: best first. A single-objective search returns one; a multi-objective one
+    returns its Pareto set (each a :class:`~searches.problem.Solution` with bits by layer and
+    channel). Infeasible budgets are a status with an explanation in ``message``, not an error.
+    """
+
     status: SearchStatus
     message: str
-    w_choice: np.ndarray | None = None  # option index per weight group
-    a_choice: np.ndarray | None = None  # option index per activation group
-    objective: float | None = None  # predicted loss increase (unscaled)
-    costs: dict[str, float] = field(default_factory=dict)
+    solutions: tuple[Solution, ...] = ()
     stats: dict = field(default_factory=dict)  # solver, solve_time_s, mip_gap, n_vars, ...
 
     @property
     def success(self) -> bool:
-        return self.status in (SearchStatus.OPTIMAL, SearchStatus.FEASIBLE)
+        return self.status in (SearchStatus.OPTIMAL, SearchStatus.FEASIBLE) and bool(self.solutions)
+
+    @property
+    def best(self) -> Solution | None:
+        return self.solutions[0] if self.solutions else None
+
+    # Shorthands for the best solution.
+    @property
+    def w_choice(self) -> np.ndarray | None:
+        return None if self.best is None else self.best.w_choice
+
+    @property
+    def a_choice(self) -> np.ndarray | None:
+        return None if self.best is None else self.best.a_choice
+
+    @property
+    def objective(self) -> float | None:
+        return None if self.best is None else self.best.objective
+
+    @property
+    def costs(self) -> dict[str, float]:
+        return {} if self.best is None else dict(self.best.totals)

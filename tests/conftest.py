@@ -114,17 +114,19 @@ def remove_user_env(env: dict, module: str) -> None:
 
 
 def tiny_session(out, **config):
-    """A pipeline Session over TinyNet and synthetic data: its lazily loaded inputs are set
-    directly, so no data set or weights file is read. ``config`` overrides RunConfig fields."""
+    """A Pipeline over TinyNet and synthetic data, its inputs handed in ready-made, so no data
+    set or weights file is read. ``config`` overrides RunConfig fields."""
+    from hawq_search.config import RunConfig
     from hawq_search.models.registry import LoadedModel
     from hawq_search.models.weights import Preprocess
-    from hawq_search.pipeline import RunConfig, Session
+    from hawq_search.pipeline import Pipeline
 
     fields = dict(model="tests:tiny", calib_size=64, batch_size=32, progress=False)
     fields.update(config)
-    session = Session(RunConfig(out=str(out), **fields))
     pre = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(3, 16, 16))
-    session._loaded = LoadedModel(tiny_net(), "tests:tiny", pre, 10, None, None)
-    session._calib = synthetic_data(64, seed=0)
-    session._eval = synthetic_data(32, seed=1)
-    return session
+    return Pipeline(
+        RunConfig(out=str(out), **fields),
+        model=LoadedModel(tiny_net(), "tests:tiny", pre, 10, None, None),
+        calib=synthetic_data(64, seed=0),
+        eval_data=synthetic_data(32, seed=1),
+    )

@@ -183,7 +183,10 @@ BAD = {
     "wbits-not-int": (lambda a, e: _set(a, "--wbits", "2,x"), "comma-separated list"),
     "wbits-1": (lambda a, e: _set(a, "--wbits", "1"), "--wbits has [1]"),
     "wbits-9": (lambda a, e: _set(a, "--wbits", "2,9"), "--wbits has [9]"),
-    "abits-empty": (lambda a, e: _set(a, "--abits", ""), "--abits is empty"),
+    "abits-empty": (lambda a, e: _set(a, "--abits", ""), "is not a comma-separated list of integers"),
+    "bits-empty-item": (lambda a, e: _set(a, "--wbits", "2,,3"), "is not a comma-separated list"),
+    "budget-inf": (lambda a, e: _set(a, "--budget-mb", "inf"), "--budget-mb must be a finite number"),
+    "mean-nan": (lambda a, e: a + ["--mean", "nan,0,0", "--std", "1,1,1"], "finite numbers"),
     "abits-bad": (lambda a, e: _set(a, "--abits", "3,64"), "--abits has [64]"),
     "missing-data-dir": (lambda a, e: _set(a, "--data-dir", e["root"] / "nowhere"),
                          "does not exist"),
@@ -194,12 +197,12 @@ BAD = {
     "mean-malformed": (lambda a, e: _set(a, "--mean", "0.5,0.5"), "three comma-separated"),
     "std-zero": (lambda a, e: _set(_set(a, "--mean", "0,0,0"), "--std", "1,0,1"),
                  "--std values must be > 0"),
-    "eval-size-negative": (lambda a, e: _set(a, "--eval-size", -1), "--eval-size must be >= 0"),
-    "calib-size-zero": (lambda a, e: _set(a, "--calib-size", 0), "--calib-size must be >= 1"),
-    "budget-zero": (lambda a, e: _set(a, "--budget-mb", 0), "--budget-mb must be > 0"),
-    "bops-negative": (lambda a, e: _set(a, "--bops", -5), "--bops must be > 0"),
-    "batch-size-zero": (lambda a, e: _set(a, "--batch-size", 0), "--batch-size must be >= 1"),
-    "time-limit-zero": (lambda a, e: _set(a, "--time-limit", 0), "--time-limit must be > 0"),
+    "eval-size-negative": (lambda a, e: _set(a, "--eval-size", -1), "--eval-size must be an integer >= 0"),
+    "calib-size-zero": (lambda a, e: _set(a, "--calib-size", 0), "--calib-size must be an integer >= 1"),
+    "budget-zero": (lambda a, e: _set(a, "--budget-mb", 0), "--budget-mb must be a finite number > 0"),
+    "bops-negative": (lambda a, e: _set(a, "--bops", -5), "--bops must be a finite number > 0"),
+    "batch-size-zero": (lambda a, e: _set(a, "--batch-size", 0), "--batch-size must be an integer >= 1"),
+    "time-limit-zero": (lambda a, e: _set(a, "--time-limit", 0), "--time-limit must be a finite number > 0"),
     "mip-gap-one": (lambda a, e: _set(a, "--mip-gap", 1), "--mip-gap must be in [0, 1)"),
     "unknown-option": (lambda a, e: a + ["--frobnicate"], "No such option"),
     "sensitivity-bad": (lambda a, e: _set(a, "--sensitivity", "kfac"), "'kfac' is not one of"),
@@ -236,7 +239,7 @@ def test_checkpoint_that_does_not_fit(env, tmp_path):
     torch.save(cifar_resnet(20).state_dict(), ckpt)
     out = tmp_path / "out"
     code, _, err = invoke(["run", *_set(base_args(env, out), "--checkpoint", ckpt)])
-    assert_usage_error(code, err, out, "does not fit the model")
+    assert_usage_error(code, err, out, "does not fit the network")
 
 
 def test_infeasible_budget_states_smallest_size(run_dir, env):

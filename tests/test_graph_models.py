@@ -13,7 +13,7 @@ import torch
 from conftest import TinyNet, tiny_net
 from torch import nn
 
-from hawq_search.exceptions import UnsupportedModelError, UserInputError, WeightsNotFoundError
+from hawq_search.core.exceptions import UnsupportedModelError, UserInputError, WeightsNotFoundError
 from hawq_search.graph.trace import trace_model
 from hawq_search.models import create_model, get_model_spec, list_models
 from hawq_search.models.cifar_resnet import cifar_resnet
@@ -216,7 +216,7 @@ def test_load_into_mismatch_message():
     with pytest.raises(WeightsNotFoundError) as exc:
         load_into(model, sd, "ckpt.pt")
     msg = str(exc.value)
-    assert msg.startswith("ckpt.pt does not fit the model")
+    assert msg.startswith("ckpt.pt does not fit the network")
     assert "missing: conv1.weight" in msg
     assert "unexpected: extra.weight" in msg
     assert "fc.weight (5, 8) vs (10, 8)" in msg and "fc.bias (5,) vs (10,)" in msg
@@ -287,7 +287,7 @@ def test_missing_weights_offline(offline, tmp_path):
         resolve_weights_file(w, empty)
     msg = str(exc.value)
     assert w.file_name in msg and str(empty) in msg and str(tmp_path / "hub") in msg
-    assert "--weights-dir" in msg and WEIGHTS_ENV in msg and "ConnectionError" in msg
+    assert "weights_dir" in msg and WEIGHTS_ENV in msg and "ConnectionError" in msg
     assert offline == [w.url]
 
 
@@ -347,7 +347,7 @@ def test_user_model_with_checkpoint(user_module, tmp_path):
 def test_user_model_checkpoint_that_does_not_fit(user_module, tmp_path):
     ckpt = tmp_path / "other.pt"
     torch.save(cifar_resnet(20).state_dict(), ckpt)
-    with pytest.raises(WeightsNotFoundError, match="does not fit the model"):
+    with pytest.raises(WeightsNotFoundError, match="does not fit the network"):
         create_model(user_module, checkpoint=ckpt)
 
 
@@ -355,10 +355,10 @@ def test_user_model_checkpoint_that_does_not_fit(user_module, tmp_path):
     "target, match",
     [
         ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
-        (f"{USER_MODULE}:missing", "no callable 'missing'"),
-        (f"{USER_MODULE}:not_a_factory", "no callable 'not_a_factory'"),
+        (f"{USER_MODULE}:missing", "has no 'missing'"),
+        (f"{USER_MODULE}:not_a_factory", "not_a_factory is not callable"),
         (f"{USER_MODULE}:not_a_module", "returned int, not a torch.nn.Module"),
-        (f"{USER_MODULE}:", "package.module:factory"),
+        (f"{USER_MODULE}:", "package.module:name"),
     ],
 )
 def test_user_model_errors(user_module, target, match):

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hawq_search.graph.layers import LayerInfo
+from hawq_search.core.layers import LayerInfo
 from searches import (
     BruteForceSearch,
     IlpSearch,
@@ -17,7 +17,7 @@ from searches import (
     WeightGroup,
     resource_range,
 )
-from searches.ilp import _Builder
+from searches._milp_model import MilpBuilder
 
 
 def _layer(name: str, cout: int, ppc: int, mpc: int, group: str, index: int) -> LayerInfo:
@@ -121,7 +121,7 @@ def random_problem(
         a_allowed[np.arange(len(used_groups)), rng.integers(0, len(a_bits), len(used_groups))] = (
             True
         )
-    return SearchProblem(
+    return problem_of(
         layers, w_bits, a_bits, groups, used_groups, act_loss, resources, w_allowed, a_allowed
     )
 
@@ -144,12 +144,20 @@ def _tiled_resource(layers, w_bits, a_bits, rng: np.random.Generator) -> Resourc
     )
 
 
+def problem_of(layers, *args, **kwargs) -> SearchProblem:
+    """A problem over ``layers`` (LayerInfo), as the builder makes one: names and groups only."""
+    return SearchProblem(
+        tuple(layer.name for layer in layers), tuple(layer.act_group for layer in layers),
+        *args, **kwargs,
+    )  # fmt: skip
+
+
 def all_costs(problem: SearchProblem) -> list[tuple[float, dict[str, float]]]:
     """Objective and costs of every allowed plan, enumerated independently of the solvers."""
     w_opts = [np.nonzero(r)[0] for r in problem.w_allowed]
     a_opts = [np.nonzero(r)[0] for r in problem.a_allowed]
     return [
-        problem.evaluate(np.array(w), np.array(a))
+        problem.objective_and_totals(np.array(w), np.array(a))
         for w in itertools.product(*w_opts)
         for a in itertools.product(*a_opts)
     ]
@@ -197,7 +205,7 @@ def _check_against_brute_force(problem: SearchProblem) -> SearchStatus:
     # The solver's plan is allowed and meets every budget when recomputed directly.
     assert np.all(problem.w_allowed[np.arange(len(got.w_choice)), got.w_choice])
     assert np.all(problem.a_allowed[np.arange(len(got.a_choice)), got.a_choice])
-    obj, costs = problem.evaluate(got.w_choice, got.a_choice)
+    obj, costs = problem.objective_and_totals(got.w_choice, got.a_choice)
     assert _close(obj, got.objective)
     for r in problem.resources:
         assert _close(costs[r.name], got.costs[r.name])
@@ -207,7 +215,7 @@ def _check_against_brute_force(problem: SearchProblem) -> SearchStatus:
 
 def _assert_within_budgets(problem: SearchProblem, result) -> None:
     """Every budget holds for the result's plan, recomputed directly by ``evaluate``."""
-    _, costs = problem.evaluate(result.w_choice, result.a_choice)
+    _, costs = problem.objective_and_totals(result.w_choice, result.a_choice)
     for r in problem.resources:
         if r.budget is not None:
             assert costs[r.name] <= r.budget - r.slack + 1e-7 * max(1.0, abs(r.budget)), r.name
@@ -242,9 +250,9 @@ def test_ilp_equals_brute_force_per_channel(seed):
 def test_counts_formulation_is_used_for_interchangeable_groups():
     rng = np.random.default_rng(5)
     problem = random_problem(rng, per_channel=True, disallow=False)
-    multi = [n for n in problem.layer_by_name if len(problem.groups_of(n)) > 1]
+    multi = [n for n in problem.layer_names if len(problem.groups_of(n)) > 1]
     assert multi, "the generator should give a layer with several channels"
-    builder = _Builder(problem, problem.resources)
+    builder = MilpBuilder(problem, problem.resources)
     assert set(builder.m0) == set(multi)
 
 
@@ -296,7 +304,7 @@ def test_budgets_feasible_alone_but_not_together():
               WeightGroup("b", (0, 1), np.array([1.0, 0.0]))]  # fmt: skip
     size = Resource("size", "B", 2.5, weight=np.array([[1.0, 2.0], [1.0, 2.0]]))
     speed = Resource("lat", "s", 2.5, weight=np.array([[2.0, 1.0], [2.0, 1.0]]))
-    p = SearchProblem(layers, (2, 8), (8,), groups, ["g"], np.zeros((1, 1)), [size, speed])
+    p = problem_of(layers, (2, 8), (8,), groups, ["g"], np.zeros((1, 1)), [size, speed])
     result = IlpSearch().solve(p)
     assert result.status is SearchStatus.INFEASIBLE
     assert "not together" in result.message
@@ -393,7 +401,7 @@ def _offset_problem(base: float) -> SearchProblem:
     cost = np.array([[layer.params_per_channel * b / 8 for b in w_bits] for layer in layers])
     budget = float(rng.uniform(cost.min(1).sum(), cost.max(1).sum()))
     size = Resource("size", "bytes", budget, weight=cost)
-    return SearchProblem(layers, w_bits, (8,), groups, ["a"], np.zeros((1, 1)), [size])
+    return problem_of(layers, w_bits, (8,), groups, ["a"], np.zeros((1, 1)), [size])
 
 
 def test_constant_loss_offset_does_not_change_the_plan():
@@ -418,7 +426,7 @@ def test_brute_force_is_exact_at_tiny_loss_scales():
 def test_linear_byte_reserve_matches_exact_rounding(ppcs):
     """Size with per-layer byte rounding: the linear solve with ``round_reserve`` (exact for one
     rounded layer, conservative then exact by integers for several) equals brute force."""
-    from hawq_search.problem import _byte_reserve
+    from hawq_search.problem_builder import _byte_reserve
 
     rng = np.random.default_rng(len(ppcs))
     w_bits, a_bits = (2, 3, 4, 8), (8,)
@@ -437,7 +445,7 @@ def test_linear_byte_reserve_matches_exact_rounding(ppcs):
     }
     sizes = []
     for budget_seed in range(12):
-        problem = SearchProblem(layers, w_bits, a_bits, groups, ["act0"], np.zeros((1, 1)), [
+        problem = problem_of(layers, w_bits, a_bits, groups, ["act0"], np.zeros((1, 1)), [
             Resource("size", "bytes", None, weight=weight, round_up=round_up)])  # fmt: skip
         if not sizes:
             sizes = sorted({c["size"] for _, c in all_costs(problem)})

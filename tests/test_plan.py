@@ -3,6 +3,7 @@ random budgets with bytes / BOPs recomputed independently from the documented fo
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -12,16 +13,17 @@ import torch
 from conftest import TinyNet, synthetic_data, tiny_net, tiny_session
 from torch import nn
 
-from hawq_search.exceptions import PlanMismatchError, PlanVersionError, UserInputError
-from hawq_search.graph.layers import LayerInfo
-from hawq_search.pipeline import Session
+from hawq_search.core.exceptions import PlanMismatchError, PlanVersionError, UserInputError
+from hawq_search.core.layers import LayerInfo
+from hawq_search.pipeline import Pipeline
 from hawq_search.plan import SCHEMA_VERSION, Plan, apply_plan
-from hawq_search.problem import build_problem
+from hawq_search.planning import plan_from_solution
+from hawq_search.problem_builder import build_problem
 from hawq_search.quant.modules import ActQuantizer, QuantConv2d, QuantLinear
 from searches import IlpSearch, SearchStatus, resource_range
 
 
-def make_session(out, *, wbits=(2, 4, 8), abits=(8,), seed=0) -> Session:
+def make_session(out, *, wbits=(2, 4, 8), abits=(8,), seed=0) -> Pipeline:
     return tiny_session(out, wbits=wbits, abits=abits, seed=seed)
 
 
@@ -46,7 +48,7 @@ def plan(session):
     return p
 
 
-def uniform_plan(session: Session, w: int, a: int) -> Plan:
+def uniform_plan(session: Pipeline, w: int, a: int) -> Plan:
     return session.make_plan(
         {layer.name: [w] * layer.out_channels for layer in session.graph.layers},
         {g: a for g in session.graph.act_groups},
@@ -127,7 +129,7 @@ def test_json_round_trip(plan, tmp_path):
     assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
 
 
-@pytest.mark.parametrize("version", [None, 0, 2, "1"])
+@pytest.mark.parametrize("version", [None, 0, 3, "1"])
 def test_schema_version_mismatch(plan, tmp_path, version):
     d = plan.to_dict()
     if version is None:
@@ -300,7 +302,10 @@ def test_plan_for_different_model_lists_mismatches(plan):
 def test_plan_with_wrong_channel_count_and_type(plan):
     d = plan.to_dict()
     d["layers"][0]["w_bits"] = d["layers"][0]["w_bits"][:-1]
-    bad = Plan.from_dict(d)
+    with pytest.raises(UserInputError, match=r"layers\[0\] \(conv1\): 7 w_bits"):
+        Plan.from_dict(d)  # a file like that is refused on load
+    bad = copy.deepcopy(plan)  # a plan object built wrongly in code reaches apply_plan
+    bad.layers[0].w_bits = bad.layers[0].w_bits[:-1]
     with pytest.raises(PlanMismatchError, match="conv1: 7 channel bit-widths for 8 channels"):
         apply_plan(tiny_net(), bad)
     d = plan.to_dict()
@@ -312,11 +317,12 @@ def test_plan_with_wrong_channel_count_and_type(plan):
 # ---- ILP plans under random budgets --------------------------------------------------------
 
 
-def _plan_for(session: Session, table, size=None, bops=None):
+def _plan_for(session: Pipeline, table, size=None, bops=None):
     problem = build_problem(session.graph, table, size_budget_bytes=size, bops_budget=bops)
     result = IlpSearch().solve(problem)
     assert result.success, result.message
-    return session._plan_from_choice(problem, table, result), problem, result
+    plan = plan_from_solution(session.plan_context(), problem, result.best, result, {})
+    return plan, problem, result
 
 
 def test_random_size_budgets_are_met(session):
@@ -383,8 +389,8 @@ def test_random_bops_and_size_budgets_are_met(bops_session):
 
 
 def test_uniform_plan_fits_and_is_most_precise(session):
-    plan = session.uniform_plan(800.0, None)
+    plan = session.uniform_plan(size_bytes=800.0, bops=None)
     assert plan.provenance["uniform_bits"] == {"w": 4, "a": 8}
     assert count_bytes(session.model, plan) <= 800
     with pytest.raises(UserInputError, match="no uniform plan"):
-        session.uniform_plan(100.0, None)
+        session.uniform_plan(size_bytes=100.0, bops=None)

@@ -1,5 +1,5 @@
 """Per-sample gradients against autograd, Fisher / Hessian sensitivity tables, the table file
-format and the Session's sensitivity cache."""
+format and the Pipeline's sensitivity cache."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from conftest import synthetic_data, tiny_net
 from scipy.stats import spearmanr
 from torch import nn
 
-from hawq_search.exceptions import UnsupportedLayerError
+from hawq_search.config import RunConfig
+from hawq_search.core.exceptions import UnsupportedLayerError
 from hawq_search.graph.trace import trace_model
 from hawq_search.models.registry import LoadedModel
 from hawq_search.models.weights import Preprocess
-from hawq_search.pipeline import RunConfig, Session
+from hawq_search.pipeline import Pipeline
 from hawq_search.quant.weight import quantize_per_channel
 from hawq_search.sensitivity import (
     SensitivityTable,
@@ -130,11 +131,11 @@ def setup():
     return model, graph, data, clips, signed
 
 
-def _table(setup, method="fisher", fast=True, seed=0):
+def _table(setup, method="fisher", fast=True, seed=0):  # fast: bf16 autocast
     model, graph, data, clips, signed = setup
     return fisher_sensitivity(
         model, graph, data, W_BITS, A_BITS, clips, signed,
-        method=method, batch_size=32, fast=fast, seed=seed,
+        method=method, batch_size=32, precision="bf16" if fast else "fp32", seed=seed,
     )  # fmt: skip
 
 
@@ -199,7 +200,7 @@ def test_fisher_loss_decreases_with_bits(setup, tables, method):
 def test_fast_bf16_agrees_with_float32(setup, tables):
     fast = tables["fisher"]
     exact = _table(setup, "fisher", fast=False)
-    assert fast.meta["bf16"] and not exact.meta["bf16"]
+    assert fast.meta["precision"] == "bf16" and exact.meta["precision"] == "fp32"
     quant = [i for i, b in enumerate(W_BITS) if b < 16]
     a = np.concatenate([fast.weight[k][:, quant].ravel() for k in sorted(fast.weight)])
     b = np.concatenate([exact.weight[k][:, quant].ravel() for k in sorted(exact.weight)])
@@ -277,17 +278,15 @@ def test_table_save_load_round_trip(tables, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]
 
 
-# ---- Session cache ------------------------------------------------------------------------
+# ---- Pipeline cache ------------------------------------------------------------------------
 
 
-def _session(out, **kw) -> Session:
+def _session(out, **kw) -> Pipeline:
     config = RunConfig(model="tests:tiny", out=str(out), wbits=(2, 4, 8), abits=(8,),
                        batch_size=32, progress=False, **kw)  # fmt: skip
-    s = Session(config)
     pre = Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 16, 16))
-    s._loaded = LoadedModel(tiny_net(), "tests:tiny", pre, 10, None, None)
-    s._calib = synthetic_data(48)
-    return s
+    model = LoadedModel(tiny_net(), "tests:tiny", pre, 10, None, None)
+    return Pipeline(config, model=model, calib=synthetic_data(48))
 
 
 def test_session_caches_sensitivity(tmp_path):

@@ -1,19 +1,13 @@
-"""The ``hawq-search`` command line: thin commands over :mod:`hawq_search.pipeline`."""
+"""The ``hawq-search`` command line: thin commands over :class:`hawq_search.pipeline.Pipeline`."""
 
 from __future__ import annotations
 
 import click
-import torch
 
 from hawq_search import __version__
 from hawq_search.cli.cost import cost as cost_group
 from hawq_search.cli.errors import run_cli
-from hawq_search.cli.options import build_config, eval_options, model_options, search_options
-
-
-def _threads() -> None:
-    # Two cores here; torch's default oversubscribes small machines.
-    torch.set_num_threads(min(torch.get_num_threads(), 2) or 1)
+from hawq_search.cli.options import eval_options, make_pipeline, model_options, search_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,7 +22,6 @@ def cli(debug: bool) -> None:
       hawq-search run --model resnet20 --budget-mb 0.07 --abits 32 --dataset imagefolder --data-dir DIR
       hawq-search evaluate --plan runs/X/plan.json
     """
-    _threads()
 
 
 @cli.command()
@@ -37,19 +30,20 @@ def cli(debug: bool) -> None:
 @eval_options
 def run(**kw) -> None:
     """Sensitivities, exact ILP search, uniform baseline and PTQ evaluation, end to end."""
-    from hawq_search.pipeline import Session
-    from hawq_search.report import console_table
+    from hawq_search.report import console_table, solver_status
     from hawq_search.run import run_job
 
-    session = Session(build_config(**kw))
-    summary = run_job(session)
-    click.echo(console_table(summary))
+    from hawq_search.plan import Plan
+
+    with make_pipeline(**kw) as pipe:
+        summary = run_job(pipe)
+    click.echo(console_table(summary, plan=Plan.load(pipe.out / "plan.json")))
     t = summary["timings_s"]
     click.echo(
-        f"search: {summary['solver']['status']}, gap {summary['solver']['mip_gap']:.1e}; "
+        f"search: {solver_status(summary['solver'])}; "
         f"time (s): sensitivity {t['sensitivity']:.1f}, search {t['search']:.1f}, evaluation {t['evaluation']:.1f}"
     )
-    click.echo(f"wrote {session.out}/plan.json, report.md, summary.json")
+    click.echo(f"wrote {pipe.out}/plan.json, report.md, summary.json")
 
 
 @cli.command()
@@ -64,12 +58,11 @@ def run(**kw) -> None:
 @click.option("--hessian-probes", default=100, show_default=True, type=int)
 def sensitivity(method: str, **kw) -> None:
     """Compute (or reuse) the sensitivity table in the run directory."""
-    from hawq_search.pipeline import Session
-
-    session = Session(build_config(sensitivity=method, **kw))
-    table = session.sensitivity()
+    with make_pipeline(sensitivity=method, **kw) as pipe:
+        pipe.run_dir()
+        table = pipe.sensitivity()
     bits = table.w_bits
-    rows = sorted(session.graph.layers, key=lambda layer: -table.layer_loss(layer.name)[0])
+    rows = sorted(pipe.graph.layers, key=lambda layer: -table.layer_loss(layer.name)[0])
     click.echo(
         f"{table.method} sensitivities of {len(rows)} layers on {table.meta.get('samples')} images"
     )
@@ -82,7 +75,7 @@ def sensitivity(method: str, **kw) -> None:
         click.echo(
             f"... {len(rows) - 10} more layers (most sensitive first, predicted loss increase)"
         )
-    click.echo(f"cached in {session.out}")
+    click.echo(f"cached in {pipe.out}")
 
 
 @cli.command()
@@ -90,19 +83,19 @@ def sensitivity(method: str, **kw) -> None:
 @search_options
 def search(**kw) -> None:
     """Search a plan (reusing the run directory's sensitivities) and write plan.json."""
-    from hawq_search.pipeline import Session
+    from hawq_search.report import solver_status
 
-    session = Session(build_config(**kw))
-    plan, result = session.search()
-    session.out.mkdir(parents=True, exist_ok=True)
-    plan.save(session.out / "plan.json")
+    with make_pipeline(**kw) as pipe:
+        out = pipe.run_dir()
+        plan, result = pipe.search()
+        plan.save(out / "plan.json")
+    solver = {"status": result.status.value, **result.stats}
     t = plan.totals
     click.echo(
         f"plan: {t['bytes']} bytes ({t['mb']:.4f} MB), {t['avg_weight_bits']:.3f} mean weight bits, "
-        f"{t['bops'] / 1e9:.3f} GBOPs; {result.status.value}, gap {result.stats['mip_gap']:.1e}, "
-        f"solved in {result.stats['solve_time_s']:.2f} s"
+        f"{t['bops'] / 1e9:.3f} GBOPs; search {solver_status(solver)}"
     )
-    click.echo(f"wrote {session.out}/plan.json")
+    click.echo(f"wrote {out}/plan.json")
 
 
 @cli.command()
@@ -117,18 +110,17 @@ def search(**kw) -> None:
 @eval_options
 def evaluate(plan_path: str, **kw) -> None:
     """PTQ top-1 of a plan next to the float model."""
-    from hawq_search.pipeline import Session
     from hawq_search.plan import Plan
 
     plan = Plan.load(plan_path)
     if kw.get("model") == "resnet56" and plan.model.get("id") and plan.model["id"] != "resnet56":
         kw["model"] = plan.model["id"]  # default to the plan's own model
-    session = Session(build_config(**kw))
-    fp = session.evaluate(None, "float")
-    q = session.evaluate(plan, "plan")
+    pipe = make_pipeline(**kw)
+    fp = pipe.top1(None, "float")
+    q = pipe.top1(plan, "plan")
     totals = plan.recompute_totals()
     click.echo(
-        f"float top-1 {fp:.2f} %; plan top-1 {q:.2f} % ({totals['mb']:.4f} MB, {totals['avg_weight_bits']:.3f} mean weight bits) on {len(session.eval_data)} images"
+        f"float top-1 {fp:.2f} %; plan top-1 {q:.2f} % ({totals['mb']:.4f} MB, {totals['avg_weight_bits']:.3f} mean weight bits) on {len(pipe.eval_data)} images"
     )
 
 

@@ -3,37 +3,50 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import click
 
-from hawq_search.data.datasets import DATASETS
-from hawq_search.pipeline import SENSITIVITY_METHODS, RunConfig
+from hawq_search.config import DATASETS, PRECISIONS, SENSITIVITY_METHODS, RunConfig
 
 
 def parse_bits(ctx, param, value: str | None):
     if value is None:
         return None
-    try:
-        bits = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
-    except ValueError:
+    parts = [v.strip() for v in value.split(",")]
+    if not all(p.isdigit() for p in parts):
         raise click.BadParameter(
             f"{value!r} is not a comma-separated list of integers such as 2,3,4,8"
-        ) from None
-    return bits
+        )
+    return tuple(sorted({int(p) for p in parts}))
+
+
+_WORDS = {3: "three"}
+
+
+def _numbers(value: str, count: int, example: str, cast=float) -> tuple:
+    try:
+        parts = tuple(cast(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != count or not all(math.isfinite(v) for v in parts):
+        raise click.BadParameter(
+            f"{value!r} must be {_WORDS[count]} comma-separated finite numbers, e.g. {example}"
+        )
+    return parts
 
 
 def parse_triple(ctx, param, value: str | None):
+    return None if value is None else _numbers(value, 3, "0.4914,0.4822,0.4465")
+
+
+def parse_input_size(ctx, param, value: str | None):
     if value is None:
         return None
-    try:
-        parts = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise click.BadParameter(
-            f"{value!r} must be three comma-separated numbers, e.g. 0.4914,0.4822,0.4465"
-        )
-    return parts
+    size = _numbers(value, 3, "3,32,32", cast=int)
+    if min(size) < 1:
+        raise click.BadParameter(f"{value!r}: every dimension must be >= 1")
+    return size
 
 
 def _compose(*decorators):
@@ -56,6 +69,12 @@ model_options = _compose(
         "--checkpoint",
         type=click.Path(dir_okay=False),
         help="Weights file to load instead of the registered checkpoint.",
+    ),
+    click.option(
+        "--trust-checkpoint",
+        is_flag=True,
+        help="Load a --checkpoint that holds Python objects besides tensors. Unpickling them "
+        "runs whatever code the file contains: only for files you trust.",
     ),
     click.option(
         "--weights-dir",
@@ -107,6 +126,12 @@ model_options = _compose(
     ),
     click.option("--std", callback=parse_triple, help="Input std for user models."),
     click.option(
+        "--input-size",
+        callback=parse_input_size,
+        help="C,H,W the model reads, e.g. 3,64,64 (default: the registered model's, else the "
+        "dataset's: 3,32,32 for CIFAR, the first training image's size for imagefolder).",
+    ),
+    click.option(
         "--seed",
         default=0,
         show_default=True,
@@ -124,6 +149,32 @@ model_options = _compose(
         show_default=True,
         type=int,
         help="Batch size of sensitivity and calibration passes.",
+    ),
+    click.option(
+        "--num-workers",
+        default=0,
+        show_default=True,
+        type=int,
+        help="DataLoader worker processes reading and decoding images.",
+    ),
+    click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto, cpu, cuda, cuda:N or mps (auto: a GPU when there is one).",
+    ),
+    click.option(
+        "--precision",
+        default="auto",
+        show_default=True,
+        type=click.Choice(PRECISIONS),
+        help="Autocast precision of sensitivity passes; auto: bf16 only where the device runs "
+        "it natively, else fp32.",
+    ),
+    click.option(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's own, which honours OMP_NUM_THREADS).",
     ),
     click.option("--quiet", is_flag=True, help="No progress bars."),
 )
@@ -151,6 +202,12 @@ search_options = _compose(
         show_default=True,
         type=click.Choice(SENSITIVITY_METHODS),
         help="Sensitivity estimator.",
+    ),
+    click.option(
+        "--search",
+        default="ilp",
+        show_default=True,
+        help="Solver: ilp, or package.module:Class naming your own searches.BaseSearch.",
     ),
     click.option(
         "--hessian-probes",
@@ -194,49 +251,28 @@ eval_options = _compose(
 )
 
 
+# RunConfig field -> CLI option name, where they differ.
+CONFIG_NAMES = {"time_limit_s": "time_limit"}
+
+
 def build_config(**kw) -> RunConfig:
-    """RunConfig from CLI keyword arguments (unknown keys are ignored)."""
-    if kw.get("batch_size") is not None and kw["batch_size"] < 1:
-        raise click.BadParameter("--batch-size must be >= 1")
-    if kw.get("hessian_probes") is not None and kw["hessian_probes"] < 1:
-        raise click.BadParameter("--hessian-probes must be >= 1")
-    if kw.get("accel_batch") is not None and kw["accel_batch"] < 1:
-        raise click.BadParameter("--accel-batch must be >= 1")
-    if kw.get("time_limit") is not None and not kw["time_limit"] > 0:
-        raise click.BadParameter("--time-limit must be > 0")
-    if kw.get("mip_gap") is not None and not 0 <= kw["mip_gap"] < 1:
-        raise click.BadParameter("--mip-gap must be in [0, 1)")
+    """RunConfig from CLI keyword arguments (unknown keys are ignored); validated later."""
     c = RunConfig()
-    mapping = {
-        "model": "model",
-        "checkpoint": "checkpoint",
-        "weights_dir": "weights_dir",
-        "dataset": "dataset",
-        "data_dir": "data_dir",
-        "calib_size": "calib_size",
-        "eval_size": "eval_size",
-        "wbits": "wbits",
-        "abits": "abits",
-        "mean": "mean",
-        "std": "std",
-        "seed": "seed",
-        "out": "out",
-        "batch_size": "batch_size",
-        "budget_mb": "budget_mb",
-        "bops": "bops",
-        "granularity": "granularity",
-        "sensitivity": "sensitivity",
-        "hessian_probes": "hessian_probes",
-        "time_limit": "time_limit_s",
-        "mip_gap": "mip_gap",
-        "accelerator": "accelerator",
-        "accel_batch": "accel_batch",
-        "latency_ms": "latency_ms",
-        "energy_mj": "energy_mj",
-    }
-    for key, attr in mapping.items():
-        if key in kw and kw[key] is not None:
+    for attr in c.__dataclass_fields__:
+        key = CONFIG_NAMES.get(attr, attr)
+        if kw.get(key) is not None:
             setattr(c, attr, kw[key])
     c.progress = not kw.get("quiet", False)
     c.bn_correction = not kw.get("no_bn_correction", False)
+    c.trust_checkpoint = bool(kw.get("trust_checkpoint", False))
     return c
+
+
+def make_pipeline(**kw):
+    """The pipeline of a command, its run directory defaulting to a new folder under runs/."""
+    from hawq_search.pipeline import Pipeline, new_run_dir
+
+    config = build_config(**kw)
+    if config.out is None:
+        config.out = str(new_run_dir(config.model))
+    return Pipeline(config)

@@ -14,8 +14,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from hawq_search.exceptions import UnsupportedLayerError, UnsupportedModelError
-from hawq_search.graph.layers import LayerInfo
+from hawq_search.core.exceptions import UnsupportedLayerError, UnsupportedModelError
+from hawq_search.core.layers import LayerInfo
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 

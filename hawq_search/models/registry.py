@@ -8,7 +8,6 @@ model is named ``package.module:factory`` and loaded from ``checkpoint``.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from hawq_search.exceptions import UserInputError
+from hawq_search.core.exceptions import UserInputError
 from hawq_search.models.cifar_resnet import cifar_resnet
 from hawq_search.models.weights import (
     CIFAR10_MEAN,
@@ -30,6 +29,7 @@ from hawq_search.models.weights import (
     load_into,
     resolve_weights_file,
 )
+from hawq_search.user_code import import_object
 
 __all__ = [
     "ModelSpec",
@@ -155,20 +155,15 @@ for _name, _enum in (
 
 
 def _build_user_model(target: str, num_classes: int | None) -> nn.Module:
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise UserInputError(f"user model {target!r} must look like package.module:factory")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserInputError(
-            f"cannot import {module_name!r} for user model {target!r} ({exc}): "
-            "install it or add its folder to PYTHONPATH"
-        ) from None
-    factory = getattr(module, attr, None)
+    factory = import_object(target, "user model", "model")
     if not callable(factory):
-        raise UserInputError(f"{module_name} has no callable {attr!r}: name the model factory")
-    model = factory(num_classes=num_classes) if num_classes else factory()
+        raise UserInputError(f"{target} is not callable: name the model factory", params=("model",))
+    try:
+        model = factory(num_classes=num_classes) if num_classes else factory()
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed
+        raise UserInputError(
+            f"the model factory {target} raised {type(exc).__name__}: {exc}", params=("model",)
+        ) from None
     if not isinstance(model, nn.Module):
         raise UserInputError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -182,6 +177,7 @@ def create_model(
     weights_dir: str | os.PathLike | None = None,
     num_classes: int | None = None,
     preprocess: Preprocess | None = None,
+    trust_checkpoint: bool = False,
 ) -> LoadedModel:
     """Build ``name`` in eval mode with its weights.
 
@@ -194,12 +190,14 @@ def create_model(
         num_classes: passed to user factories.
         preprocess: overrides the input normalisation (required for user models unless the
             caller falls back to dataset statistics).
+        trust_checkpoint: allow a ``checkpoint`` that needs Python's full unpickler, which can
+            run any code the file contains (default: tensors only).
     """
     if ":" in name:
         model = _build_user_model(name, num_classes)
         source = None
         if checkpoint is not None:
-            load_into(model, load_checkpoint(checkpoint), str(checkpoint))
+            load_into(model, load_checkpoint(checkpoint, trust=trust_checkpoint), str(checkpoint))
             source = str(checkpoint)
         pre = preprocess or Preprocess(mean=CIFAR10_MEAN, std=CIFAR10_STD)
         classes = num_classes or _infer_num_classes(model)
@@ -209,7 +207,7 @@ def create_model(
     model = spec.builder(num_classes=spec.num_classes)
     source = None
     if checkpoint is not None:
-        load_into(model, load_checkpoint(checkpoint), str(checkpoint))
+        load_into(model, load_checkpoint(checkpoint, trust=trust_checkpoint), str(checkpoint))
         source = str(checkpoint)
     elif pretrained and spec.weights is not None:
         path = resolve_weights_file(spec.weights, weights_dir)

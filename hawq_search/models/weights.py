@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from hawq_search.exceptions import WeightsNotFoundError
+from hawq_search.core.exceptions import WeightsNotFoundError
 
 WEIGHTS_ENV = "HAWQ_SEARCH_WEIGHTS"
 
@@ -115,7 +115,8 @@ def resolve_weights_file(weights: Weights, weights_dir: str | os.PathLike | None
         raise WeightsNotFoundError(
             f"weights file {weights.file_name} not found (looked in {looked}) and the download "
             f"from {weights.url} failed ({type(exc).__name__}); put the file in a directory and "
-            f"pass --weights-dir DIR or set {WEIGHTS_ENV}"
+            f"pass weights_dir DIR or set {WEIGHTS_ENV}",
+            params=("weights_dir",),
         ) from None
     path = target / weights.file_name
     _check_hash(path, weights)
@@ -139,20 +140,30 @@ def extract_state_dict(obj: object) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a plain state_dict."""
+def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a plain state_dict.
+
+    Only tensors and plain containers are read (``torch.load(weights_only=True)``): a pickle
+    can run any code while it loads, so a file that needs the full unpickler is refused unless
+    ``trust`` is set -- never retried silently.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {path} does not exist: pass an existing file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - older pickles need the full unpickler
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
+        if not trust and "global" in str(exc).lower():  # a class or function, not data
             raise WeightsNotFoundError(
-                f"checkpoint {path} is not a torch file ({type(exc).__name__}): pass a file saved with torch.save"
+                f"checkpoint {path} holds Python objects besides tensors, and loading them can "
+                "run arbitrary code: re-save it as model.state_dict(), or pass "
+                "trust_checkpoint if you trust whoever made the file",
+                params=("trust_checkpoint",),
             ) from None
+        raise WeightsNotFoundError(
+            f"checkpoint {path} is not a torch file ({type(exc).__name__}): pass a file saved "
+            "with torch.save"
+        ) from None
     return extract_state_dict(obj)
 
 
@@ -173,7 +184,9 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sourc
             problems.append(f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
     if problems:
         raise WeightsNotFoundError(
-            f"{source} does not fit the model ({'; '.join(problems)}): check --model and --checkpoint"
+            f"{source} does not fit the network ({'; '.join(problems)}): check the model and "
+            "checkpoint arguments",
+            params=("model", "checkpoint"),
         )
     model.load_state_dict(state_dict, strict=False)
 

@@ -68,7 +68,7 @@ class ActStats:
         self.absmax = max(self.absmax, float(x.abs().max()))
         take = min(x.numel(), max(1, _MAX_SAMPLES // 8))
         idx = torch.randint(0, x.numel(), (take,), generator=self._gen)
-        self.samples.append(x[idx])
+        self.samples.append(x[idx.to(x.device)].cpu())  # a small reservoir, kept on the CPU
         self._n += take
         if self._n > 2 * _MAX_SAMPLES:
             merged = torch.cat(self.samples)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hawq_search.data.datasets import TensorData
+from hawq_search.data.datasets import Batches
+from hawq_search.runtime import module_device
 
 __all__ = ["correct_bn", "batchnorms"]
 
@@ -56,7 +57,7 @@ class _BatchMoments:
 
 
 @torch.no_grad()
-def _moments(model: nn.Module, data: TensorData, batch_size: int) -> dict[str, list[torch.Tensor]]:
+def _moments(model: nn.Module, data: Batches, batch_size: int) -> dict[str, list[torch.Tensor]]:
     bns = batchnorms(model)
     saved = {
         n: (bn.training, bn.momentum, bn.running_mean.clone(), bn.running_var.clone())
@@ -67,9 +68,12 @@ def _moments(model: nn.Module, data: TensorData, batch_size: int) -> dict[str, l
     for bn in bns.values():
         bn.train()  # normalise with batch statistics, as the corrected model will
     rec = _BatchMoments(bns)
+    n_batches = 0  # counted, not derived from len(data): a stream's length is only a promise
     try:
+        device = module_device(model)
         for x, _ in data.batches(batch_size):
-            model(x)
+            model(x.to(device))
+            n_batches += 1
     finally:
         rec.close()
         for n, bn in bns.items():
@@ -79,13 +83,12 @@ def _moments(model: nn.Module, data: TensorData, batch_size: int) -> dict[str, l
             bn.running_mean.copy_(mean)  # the pass must not move the running statistics
             bn.running_var.copy_(var)
         model.train(was_training)
-    n_batches = -(-len(data) // batch_size)
     return {name: [m / n_batches, v / n_batches] for name, (m, v) in rec.sums.items()}
 
 
 @torch.no_grad()
 def correct_bn(
-    quant_model: nn.Module, float_model: nn.Module, data: TensorData, *, batch_size: int = 128
+    quant_model: nn.Module, float_model: nn.Module, data: Batches, *, batch_size: int = 128
 ) -> nn.Module:
     """Shift ``quant_model``'s BatchNorm statistics by the quantized-minus-float difference
     measured on ``data`` (in place). Both models must have the same BatchNorm names."""

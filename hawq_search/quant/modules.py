@@ -36,7 +36,8 @@ class ActQuantizer(nn.Module):
 
 def mse_scales_for_bits(weight: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """MSE-optimal scale of each channel at its own bit-width (one solve per distinct width)."""
-    scales = torch.ones(weight.shape[0], dtype=torch.float32)
+    bits = bits.to(weight.device)
+    scales = torch.ones(weight.shape[0], dtype=torch.float32, device=weight.device)
     for b in sorted(set(bits.tolist())):
         if b >= 16:
             continue
@@ -64,7 +65,7 @@ class QuantLayer:
         return q
 
     def _init_quant(self, bits: torch.Tensor, act: ActQuantizer | None) -> None:
-        self.register_buffer("w_bits", bits.to(torch.int64).clone())
+        self.register_buffer("w_bits", bits.to(self.weight.device, torch.int64).clone())
         self.register_buffer("w_scale", mse_scales_for_bits(self.weight.detach(), self.w_bits))
         self.act_quant = act
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from hawq_search.quant.bits import QUANT_BITS, is_quantized
+from hawq_search.core.bits import QUANT_BITS, is_quantized
 
 __all__ = [
     "QUANT_BITS",
@@ -44,9 +44,9 @@ def mse_weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
     w = weight.detach().reshape(weight.shape[0], -1).float()
     qmax = weight_qmax(bits)
     wmax = w.abs().amax(dim=1).clamp_min(1e-12)
-    coarse = torch.linspace(0.2, 1.0, 17).expand(w.shape[0], 17)
+    coarse = torch.linspace(0.2, 1.0, 17, device=w.device).expand(w.shape[0], 17)
     best = coarse.gather(1, _clip_errors(w, wmax, qmax, coarse).argmin(1, keepdim=True))
-    fine = (best + torch.linspace(-0.05, 0.05, 11)).clamp(0.05, 1.0)
+    fine = (best + torch.linspace(-0.05, 0.05, 11, device=w.device)).clamp(0.05, 1.0)
     alpha = fine.gather(1, _clip_errors(w, wmax, qmax, fine).argmin(1, keepdim=True)).squeeze(1)
     return alpha * wmax / qmax
 

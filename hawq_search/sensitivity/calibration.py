@@ -6,16 +6,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hawq_search.data.datasets import TensorData
+from hawq_search.data.datasets import Batches
 from hawq_search.graph.trace import ModelGraph
 from hawq_search.quant.activation import ActStats
+from hawq_search.runtime import module_device
 
 __all__ = ["collect_act_stats", "act_clips"]
 
 
 @torch.no_grad()
 def collect_act_stats(
-    model: nn.Module, graph: ModelGraph, data: TensorData, batch_size: int = 256
+    model: nn.Module, graph: ModelGraph, data: Batches, batch_size: int = 256
 ) -> dict[str, ActStats]:
     """Statistics of the input tensor of every activation group."""
     modules = dict(model.named_modules())
@@ -30,8 +31,9 @@ def collect_act_stats(
     was_training = model.training
     model.eval()
     try:
+        device = module_device(model)
         for x, _ in data.batches(batch_size):
-            model(x)
+            model(x.to(device))
     finally:
         for h in handles:
             h.remove()

@@ -34,6 +34,7 @@ Activation sensitivities use the same estimator on the gradient w.r.t. each quan
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,26 +42,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hawq_search.core.layers import LayerInfo
 from hawq_search.data.datasets import TensorData
-from hawq_search.graph.layers import LayerInfo
 from hawq_search.graph.trace import ModelGraph
 from hawq_search.quant.activation import quantize_activation
 from hawq_search.quant.weight import is_quantized, mse_weight_scales, quantize_per_channel
 from hawq_search.sensitivity.table import SensitivityTable
 
-__all__ = ["METHODS", "fisher_sensitivity", "per_sample_grads", "weight_deltas"]
+__all__ = [
+    "METHODS",
+    "LossFn",
+    "batch_loss",
+    "fisher_sensitivity",
+    "per_sample_grads",
+    "weight_deltas",
+]
+
+# (outputs, targets) -> per-sample losses (shape [B]) or their mean (a scalar).
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def batch_loss(
+    loss_fn: LossFn | None, outputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """The *sum* over the batch of per-sample losses: its gradient w.r.t. a layer output is the
+    stack of per-sample gradients. Cross-entropy when ``loss_fn`` is None; a user loss may
+    return per-sample values or their mean (scaled back to the sum)."""
+    if loss_fn is None:
+        return F.cross_entropy(outputs.float(), targets, reduction="sum")
+    loss = loss_fn(outputs.float(), targets)
+    return loss * outputs.shape[0] if loss.dim() == 0 else loss.sum()
 
 
 def weight_deltas(weight: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
     """``Q_b(W) - W`` per bit option, shape ``(len(bits), C_out, fan_in)``; 0 for 16/32."""
-    w = weight.detach().float().reshape(weight.shape[0], -1)
+    w = weight.detach().float().cpu().reshape(weight.shape[0], -1)
     out = torch.zeros(len(bits), *w.shape)
     for i, b in enumerate(bits):
         if is_quantized(b):
             scales = mse_weight_scales(w, b)
             full = torch.full((w.shape[0],), b, dtype=torch.int64)
             out[i] = quantize_per_channel(w, full, scales) - w
-    return out
+    return out.to(weight.device)
 
 
 def per_sample_grads(
@@ -86,7 +109,7 @@ def per_sample_grads(
     cin_g, cout_g = x.shape[1] // g, layer.out_channels // g
     xp = F.pad(x, (pw, pw, ph, ph)).to(dtype)
     gy = gy.to(dtype).reshape(b * g, cout_g, ho * wo)
-    out = torch.empty(b * g, cout_g, cin_g, kh, kw, dtype=dtype)
+    out = torch.empty(b * g, cout_g, cin_g, kh, kw, dtype=dtype, device=x.device)
     for i in range(kh):
         for j in range(kw):
             r0, c0 = i * dh, j * dw
@@ -160,17 +183,18 @@ class _Sums:
     def __init__(self, deltas: dict[str, torch.Tensor], groups, n_abits: int, passes) -> None:
         kinds = {k for p in passes for k in p.weight}
         self.block = (
-            {n: torch.zeros(d.shape[:2]) for n, d in deltas.items()} if "block" in kinds else {}
+            {n: d.new_zeros(d.shape[:2]) for n, d in deltas.items()} if "block" in kinds else {}
         )
         self.diag = (
-            {n: torch.zeros(d.shape[1:]) for n, d in deltas.items()} if "diag" in kinds else {}
+            {n: d.new_zeros(d.shape[1:]) for n, d in deltas.items()} if "diag" in kinds else {}
         )
         self.block_total = (
-            {n: torch.zeros(d.shape[0]) for n, d in deltas.items()}
+            {n: d.new_zeros(d.shape[0]) for n, d in deltas.items()}
             if "block_total" in kinds
             else {}
         )
-        self.act = {g: torch.zeros(n_abits) for g in groups}
+        device = next(iter(deltas.values())).device
+        self.act = {g: torch.zeros(n_abits, device=device) for g in groups}
 
 
 def fisher_sensitivity(
@@ -184,27 +208,34 @@ def fisher_sensitivity(
     *,
     method: str = "fisher",
     batch_size: int = 128,
-    fast: bool = True,
+    precision: str = "fp32",
     seed: int = 0,
     progress=None,
+    loss_fn: LossFn | None = None,
 ) -> SensitivityTable:
-    """Fisher sensitivity table of ``model`` on ``data`` (see the module docstring for methods).
+    """Fisher sensitivity table of ``model`` on ``data`` (see the module docstring for methods),
+    computed on the model's device.
 
-    ``fast`` runs the forward/backward pass under bfloat16 autocast and forms per-sample
-    gradients in bfloat16 (accumulation stays in float32): about twice as fast on CPU, with
-    rank agreement to the float32 table above 0.99 (tests/test_sensitivity.py).
+    ``loss_fn`` replaces cross-entropy (see :func:`batch_loss`). Labels can only be sampled
+    from the model for cross-entropy, so with a user loss the sampled-label passes use the true
+    targets (``meta["labels"]`` says which were used).
+
+    ``precision="bf16"`` runs the forward/backward pass under bfloat16 autocast and forms
+    per-sample gradients in bfloat16 (accumulation stays in float32): about twice as fast where
+    the hardware runs bf16 natively, several times slower where it is emulated
+    (``hawq_search.runtime`` decides), with rank agreement to the float32 table above 0.99
+    (tests/test_sensitivity.py). ``"fp16"`` (GPUs) likewise.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    passes = METHODS[method]
-    dtype = torch.bfloat16 if fast else torch.float32
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     t0 = time.perf_counter()
     modules = dict(model.named_modules())
     deltas = {
         layer.name: weight_deltas(modules[layer.name].weight, w_bits) for layer in graph.layers
     }
-    sums = _Sums(deltas, graph.act_groups, len(a_bits), passes)
-
+    ctx = _Context(graph, METHODS[method], deltas, a_bits, act_clips, act_signed, dtype, loss_fn)
+    sums = _Sums(deltas, graph.act_groups, len(a_bits), ctx.passes)
     params = list(model.parameters())
     req = [p.requires_grad for p in params]
     for p in params:
@@ -216,23 +247,7 @@ def fisher_sensitivity(
     gen = torch.Generator().manual_seed(seed)
     try:
         for x, y in data.batches(batch_size):
-            x = x.clone().requires_grad_(True)
-            rec.inputs.clear(), rec.aliases.clear(), rec.outputs.clear()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-                logits = model(x)
-            outs = [rec.outputs[layer.name] for layer in graph.layers]
-            aliases = [rec.aliases[layer.name] for layer in graph.layers]
-            for k, pas in enumerate(passes):
-                labels = y
-                if pas.labels == "sampled":
-                    probs = logits.detach().float().softmax(1)
-                    labels = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-                loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-                wanted = outs + (aliases if pas.act else [])
-                grads = torch.autograd.grad(loss, wanted, retain_graph=k < len(passes) - 1)
-                _accumulate(
-                    graph, rec, pas, grads, deltas, sums, a_bits, act_clips, act_signed, dtype
-                )
+            _batch(model, rec, ctx, sums, x, y, gen)
             n_total += x.shape[0]
             if progress is not None:
                 progress.update(x.shape[0])
@@ -243,9 +258,55 @@ def fisher_sensitivity(
         model.train(was_training)
 
     weight = {name: _weight_estimate(method, name, d, sums, n_total) for name, d in deltas.items()}
-    act = {g: (0.5 * v / n_total).double().numpy() for g, v in sums.act.items()}
-    meta = {"samples": n_total, "seconds": time.perf_counter() - t0, "bf16": fast}
+    act = {g: (0.5 * v / n_total).double().cpu().numpy() for g, v in sums.act.items()}
+    meta = {
+        "samples": n_total,
+        "seconds": time.perf_counter() - t0,
+        "precision": precision,
+        "labels": "true" if loss_fn is not None else sorted({p.labels for p in ctx.passes}),
+        "loss": "cross-entropy" if loss_fn is None else getattr(loss_fn, "__name__", "user"),
+    }
     return SensitivityTable(method, w_bits, a_bits, weight, act, meta)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every batch of one sensitivity computation shares."""
+
+    graph: ModelGraph
+    passes: tuple[_Pass, ...]
+    deltas: dict[str, torch.Tensor]
+    a_bits: tuple[int, ...]
+    act_clips: dict
+    act_signed: dict
+    dtype: torch.dtype
+    loss_fn: LossFn | None
+
+
+def _batch(model, rec: _Recorder, ctx: _Context, sums: _Sums, x, y, gen) -> None:
+    """One forward and one backward per pass of ``ctx.passes``, added to ``sums``."""
+    device = next(iter(ctx.deltas.values())).device
+    x = x.to(device).clone().requires_grad_(True)
+    y = y.to(device)
+    rec.inputs.clear(), rec.aliases.clear(), rec.outputs.clear()
+    low = ctx.dtype != torch.float32
+    with torch.autocast(device.type, dtype=ctx.dtype, enabled=low):
+        logits = model(x)
+    layers = ctx.graph.layers
+    outs = [rec.outputs[layer.name] for layer in layers]
+    aliases = [rec.aliases[layer.name] for layer in layers]
+    for k, pas in enumerate(ctx.passes):
+        labels = y
+        if pas.labels == "sampled" and ctx.loss_fn is None:
+            probs = logits.detach().float().softmax(1).cpu()  # the seeded generator is on CPU
+            labels = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(device)
+        loss = batch_loss(ctx.loss_fn, logits, labels)
+        wanted = outs + (aliases if pas.act else [])
+        grads = torch.autograd.grad(loss, wanted, retain_graph=k < len(ctx.passes) - 1)
+        _accumulate(
+            ctx.graph, rec, pas, grads, ctx.deltas, sums, ctx.a_bits, ctx.act_clips,
+            ctx.act_signed, ctx.dtype,
+        )  # fmt: skip
 
 
 def _weight_estimate(method: str, name: str, d: torch.Tensor, sums: _Sums, n: int) -> np.ndarray:
@@ -258,7 +319,7 @@ def _weight_estimate(method: str, name: str, d: torch.Tensor, sums: _Sums, n: in
             total = 0.5 * sums.block_total[name] / n
             share = est.sum(1, keepdim=True)
             est = torch.where(share > 0, est * (total.unsqueeze(1) / share.clamp_min(1e-30)), 0.0)
-    return est.T.double().numpy()
+    return est.T.double().cpu().numpy()
 
 
 def _accumulate(graph, rec, pas, grads, deltas, sums, a_bits, act_clips, act_signed, dtype) -> None:
@@ -267,7 +328,9 @@ def _accumulate(graph, rec, pas, grads, deltas, sums, a_bits, act_clips, act_sig
     gys = grads[:n_layers]
     gxs = grads[n_layers:] if pas.act else [None] * n_layers
     batch = gys[0].shape[0]
-    group_d = {g: torch.zeros(batch, len(a_bits)) for g in graph.act_groups}
+    group_d = {
+        g: gys[0].new_zeros(batch, len(a_bits), dtype=torch.float32) for g in graph.act_groups
+    }
     for layer, gy, gx in zip(graph.layers, gys, gxs, strict=True):
         xin = rec.inputs[layer.name]
         G = per_sample_grads(layer, xin, gy, dtype)

@@ -13,12 +13,11 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hawq_search.data.datasets import TensorData
 from hawq_search.graph.trace import ModelGraph
-from hawq_search.sensitivity.fisher import weight_deltas
+from hawq_search.sensitivity.fisher import LossFn, batch_loss, weight_deltas
 from hawq_search.sensitivity.table import SensitivityTable
 
 __all__ = ["hutchinson_traces", "hessian_sensitivity"]
@@ -34,8 +33,10 @@ def hutchinson_traces(
     tol: float = 1e-3,
     seed: int = 0,
     progress=None,
+    loss_fn: LossFn | None = None,
 ) -> tuple[dict[str, float], int]:
-    """Per-layer Hessian traces of the mean cross-entropy on ``data``; returns (traces, probes)."""
+    """Per-layer Hessian traces of the mean loss (cross-entropy unless ``loss_fn``) on ``data``;
+    returns (traces, probes)."""
     modules = dict(model.named_modules())
     weights = [modules[layer.name].weight for layer in graph.layers]
     req = {p: p.requires_grad for p in model.parameters()}
@@ -54,9 +55,10 @@ def hutchinson_traces(
         while probes < max_probes:
             # One probe per batch, cycling through the data: every probe sees fresh samples.
             x, y = batches[probes % len(batches)]
-            loss = F.cross_entropy(model(x), y)
+            x, y = x.to(weights[0].device), y.to(weights[0].device)
+            loss = batch_loss(loss_fn, model(x), y) / x.shape[0]
             grads = torch.autograd.grad(loss, weights, create_graph=True)
-            vs = [torch.randint(0, 2, w.shape, generator=gen).to(w.dtype) * 2 - 1 for w in weights]
+            vs = [torch.randint(0, 2, w.shape, generator=gen).to(w) * 2 - 1 for w in weights]
             hvs = torch.autograd.grad(grads, weights, grad_outputs=vs)
             sums += torch.tensor([float((v * hv).sum()) for v, hv in zip(vs, hvs, strict=True)])
             probes += 1
@@ -95,7 +97,7 @@ def hessian_sensitivity(
         d = weight_deltas(modules[layer.name].weight, w_bits)  # (n_bits, C, K)
         # A negative trace estimate (possible far from a minimum) would reward quantization.
         per_param = max(traces[layer.name], 0.0) / layer.params
-        weight[layer.name] = (0.5 * per_param * (d * d).sum(2)).T.double().numpy()
+        weight[layer.name] = (0.5 * per_param * (d * d).sum(2)).T.double().cpu().numpy()
     act = (
         dict(act_table.act)
         if act_table is not None

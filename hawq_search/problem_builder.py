@@ -6,8 +6,8 @@ import numpy as np
 
 from cost_models.base import CostModel
 from cost_models.size import UNQUANTIZED_BITS, channel_bits_cost
-from hawq_search.exceptions import UserInputError
-from hawq_search.graph.layers import LayerInfo
+from hawq_search.core.exceptions import UserInputError
+from hawq_search.core.layers import LayerInfo
 from hawq_search.graph.trace import ModelGraph
 from hawq_search.sensitivity.table import SensitivityTable
 from searches.problem import Resource, SearchProblem, WeightGroup
@@ -28,7 +28,10 @@ def parse_granularity(text: str) -> int | None:
             n = 0
         if n >= 1:
             return n
-    raise UserInputError(f"--granularity {text!r} is not channel, layer or group:N with N >= 1")
+    raise UserInputError(
+        f"granularity {text!r} is not channel, layer or group:N with N >= 1",
+        params=("granularity",),
+    )
 
 
 def build_problem(
@@ -54,12 +57,49 @@ def build_problem(
     exact for whole layers; for mixed layers the caller re-prices the plan exactly with
     ``cost_model.plan_cost`` (which pads sub-kernels to the array's tiles).
     """
-    per_group = parse_granularity(granularity)
+    if cost_model is None and (latency_budget_s is not None or energy_budget_j is not None):
+        raise UserInputError(
+            "latency_ms and energy_mj need an accelerator to price layers",
+            params=("latency_ms", "energy_mj", "accelerator"),
+        )
     w_bits, a_bits = table.w_bits, table.a_bits
+    groups, allowed = _weight_groups(graph, table, granularity, cost_model, pinned or {})
+    act_groups = list(graph.act_groups)
+    act_loss = np.array([table.act[g] for g in act_groups]).reshape(len(act_groups), len(a_bits))
+    resources = [
+        _size_resource(graph, groups, w_bits, size_budget_bytes),
+        _bops_resource(graph, w_bits, a_bits, bops_budget),
+    ]
+    if cost_model is not None:
+        resources += accelerator_resources(
+            graph, cost_model, w_bits, a_bits, latency_budget_s, energy_budget_j
+        )
+    return SearchProblem(
+        layer_names=tuple(layer.name for layer in graph.layers),
+        layer_act_groups=tuple(layer.act_group for layer in graph.layers),
+        w_bits=w_bits,
+        a_bits=a_bits,
+        weight_groups=groups,
+        act_groups=act_groups,
+        act_loss=act_loss,
+        resources=resources,
+        w_allowed=allowed,
+        meta={"granularity": granularity, "sensitivity": table.method},
+    )
+
+
+def _weight_groups(
+    graph: ModelGraph,
+    table: SensitivityTable,
+    granularity: str,
+    cost_model: CostModel | None,
+    pinned: dict[str, int],
+) -> tuple[list[WeightGroup], np.ndarray]:
+    """Groups of channels sharing a width, with their summed losses and allowed options."""
+    per_group = parse_granularity(granularity)
+    w_bits = table.w_bits
     groups: list[WeightGroup] = []
-    size_rows = []
     allowed_rows = []
-    pinned = pinned or {}
     for layer in graph.layers:
         if layer.name not in table.weight:
             raise UserInputError(
@@ -76,14 +116,23 @@ def build_problem(
         if layer.name in pinned:
             if pinned[layer.name] not in w_bits:
                 raise UserInputError(
-                    f"pinned bits {pinned[layer.name]} of {layer.name} are not among --wbits"
+                    f"pinned bits {pinned[layer.name]} of {layer.name} are not among wbits",
+                    params=("wbits",),
                 )
             allowed = np.array([b == pinned[layer.name] for b in w_bits])
         for start in range(0, layer.out_channels, step):
             stop = min(start + step, layer.out_channels)
             groups.append(WeightGroup(layer.name, (start, stop), loss[start:stop].sum(axis=0)))
-            size_rows.append([(stop - start) * channel_bits_cost(layer, b) for b in w_bits])
             allowed_rows.append(allowed)
+    return groups, np.array(allowed_rows)
+
+
+def _size_resource(
+    graph: ModelGraph, groups: list[WeightGroup], w_bits: tuple[int, ...], budget: float | None
+) -> Resource:
+    """Stored bytes, exact to the byte (see ``cost_models.size``)."""
+    layers = {layer.name: layer for layer in graph.layers}
+    rows = [[g.count * channel_bits_cost(layers[g.layer], b) for b in w_bits] for g in groups]
     # A layer rounds its packed bits up to whole bytes: exact with one integer per layer whose
     # options do not all pack whole bytes (the stem convolution, depthwise layers).
     round_up = {
@@ -93,44 +142,21 @@ def build_problem(
         for layer in graph.layers
         if any(layer.params_per_channel * b % 8 for b in w_bits if b not in UNQUANTIZED_BITS)
     }
-    act_groups = list(graph.act_groups)
-    act_loss = np.array([table.act[g] for g in act_groups]).reshape(len(act_groups), len(a_bits))
-    size = Resource(
-        "size",
-        "bytes",
-        size_budget_bytes,
-        weight=np.array(size_rows),
-        round_up=round_up,
-        round_reserve=_byte_reserve(size_budget_bytes, len(round_up)),
-    )
-    bops = Resource(
-        "bops",
-        "bit-ops",
-        bops_budget,
-        pair={
-            layer.name: layer.macs_per_channel * np.outer(w_bits, a_bits).astype(float)
-            for layer in graph.layers
-        },
-    )
-    resources = [size, bops]
-    if cost_model is not None:
-        resources += accelerator_resources(
-            graph, cost_model, w_bits, a_bits, latency_budget_s, energy_budget_j
-        )
-    elif latency_budget_s is not None or energy_budget_j is not None:
-        raise UserInputError(
-            "--latency-ms and --energy-mj need --accelerator NAME|PATH to price layers"
-        )
-    return SearchProblem(
-        layers=graph.layers,
-        w_bits=w_bits,
-        a_bits=a_bits,
-        weight_groups=groups,
-        act_groups=act_groups,
-        act_loss=act_loss,
-        resources=resources,
-        w_allowed=np.array(allowed_rows),
-    )
+    return Resource(
+        "size", "bytes", budget, weight=np.array(rows), round_up=round_up,
+        round_reserve=_byte_reserve(budget, len(round_up)),
+    )  # fmt: skip
+
+
+def _bops_resource(
+    graph: ModelGraph, w_bits: tuple[int, ...], a_bits: tuple[int, ...], budget: float | None
+) -> Resource:
+    """Bit-operations per image: MACs per channel x weight bits x activation bits."""
+    pair = {
+        layer.name: layer.macs_per_channel * np.outer(w_bits, a_bits).astype(float)
+        for layer in graph.layers
+    }
+    return Resource("bops", "bit-ops", budget, pair=pair)
 
 
 def _byte_reserve(budget: float | None, rounded_layers: int) -> float | None:

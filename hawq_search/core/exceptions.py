@@ -1,7 +1,8 @@
 """Exception hierarchy. Every error a user can cause derives from :class:`HawqSearchError`.
 
 The CLI maps :class:`UserInputError` (and subclasses) to exit status 2 with a single line on
-stderr, and any other exception to exit status 1.
+stderr, and any other exception to exit status 1. Library code words its messages in library
+terms (argument names and values); only the CLI names flags.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "DataNotFoundError",
     "CostModelError",
     "ExperimentalWarning",
+    "InputWarning",
 ]
 
 
@@ -26,7 +28,16 @@ class HawqSearchError(Exception):
 
 
 class UserInputError(HawqSearchError, ValueError):
-    """Bad input from the user: the message says what is wrong and what to do."""
+    """Bad input from the user: the message says what is wrong and what to do.
+
+    Messages name arguments as the library spells them (``budget_mb``); ``params`` lists the
+    names a message uses, so a front end can show its own spelling (the CLI shows
+    ``--budget-mb``) without guessing which words are argument names.
+    """
+
+    def __init__(self, message: str = "", *, params: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
 
 
 class UnsupportedModelError(UserInputError):
@@ -59,6 +70,14 @@ class DataNotFoundError(UserInputError):
 
 class CostModelError(UserInputError):
     """A cost model, profile or cost table is invalid."""
+
+
+class InputWarning(UserWarning):
+    """Input that works but likely not as meant; ``params`` as in :class:`UserInputError`."""
+
+    def __init__(self, message: str = "", *, params: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
 
 
 class ExperimentalWarning(UserWarning):

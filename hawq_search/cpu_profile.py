@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cost_models.base import model_fingerprint
 from cost_models.table import shape_key, write_cost_table
-from hawq_search.graph.layers import LayerInfo
+from hawq_search.core.layers import LayerInfo
 
 __all__ = ["profile_local_cpu", "interleaved_round_medians", "INT8_ENGINES"]
 
@@ -300,7 +300,7 @@ def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, oth
     clock, simd = _cpu_facts()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     host = platform.processor() or platform.machine()
-    src = f"measured by cost_models.measure on this machine ({when}, torch {torch.__version__})"
+    src = f"measured by hawq_search.cpu_profile on this machine ({when}, torch {torch.__version__})"
     int8_note = (
         f"int8 via torch quantized engine {engine}" if engine
         else f"int8 backend unavailable ({why}); all bits run at fp32 speed"
@@ -312,7 +312,7 @@ def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, oth
     speedup = max(1.0, statistics.median(speedups))
     profile = out_dir / f"{name}.yaml"
     profile.write_text(
-        f"""# Local CPU profile written by cost_models.measure.profile_local_cpu.
+        f"""# Local CPU profile written by hawq_search.cpu_profile.profile_local_cpu.
 # Latencies of the layers listed in {table.name} are measured; other shapes use the analytic cpu
 # model below, scaled by the median measured/analytic ratio of the table rows.
 schema_version: 1

@@ -1,0 +1,124 @@
+"""The Python API for users' own models and data: :func:`search_plan`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from hawq_search.config import RunConfig
+from hawq_search.core.exceptions import UserInputError
+from hawq_search.data.datasets import from_batches
+from hawq_search.models.registry import LoadedModel
+from hawq_search.models.weights import Preprocess
+from hawq_search.pipeline import Pipeline
+from hawq_search.plan import Plan
+from hawq_search.sensitivity.fisher import LossFn
+from searches import BaseSearch
+
+__all__ = ["search_plan"]
+
+
+def search_plan(
+    model: nn.Module,
+    data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    budget_mb: float | None = None,
+    bops: float | None = None,
+    latency_ms: float | None = None,
+    energy_mj: float | None = None,
+    accelerator: str | None = None,
+    accel_batch: int | None = None,
+    wbits: tuple[int, ...] = (2, 3, 4, 5, 6, 8),
+    abits: tuple[int, ...] = (8,),
+    granularity: str = "channel",
+    sensitivity: str = "fisher",
+    search: str | BaseSearch = "ilp",
+    example_input: torch.Tensor | None = None,
+    loss_fn: LossFn | None = None,
+    calib_size: int = 512,
+    batch_size: int = 128,
+    seed: int = 0,
+    time_limit_s: float = 60.0,
+    mip_gap: float = 1e-4,
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> Plan:
+    """Search the per-channel bit-width plan of ``model`` under the given budgets.
+
+    Args:
+        model: any ``nn.Module`` whose Conv2d/Linear layers should be quantized; not modified.
+        data: an iterable of ``(inputs, targets)`` batches (a ``DataLoader`` included); the
+            first ``calib_size`` samples calibrate activations and estimate sensitivities.
+        budget_mb, bops, latency_ms, energy_mj: budgets (MB = 10**6 bytes of stored weights;
+            bit-operations per image; latency and energy per batch on ``accelerator``).
+        accelerator: a built-in profile name (``cost_models.list_accelerators()``) or a
+            profile YAML path; needed for latency and energy budgets.
+        wbits, abits: bit options (16/32 = unquantized; ``abits=(32,)`` = weights only).
+        granularity: ``"channel"``, ``"layer"`` or ``"group:N"``.
+        sensitivity: ``fisher`` (default), ``empirical-fisher``, ``fisher-diag``,
+            ``sampled-fisher`` or ``hessian``.
+        search: ``"ilp"`` or any :class:`searches.BaseSearch` instance.
+        example_input: an input batch to trace the model with (default: one sample of ``data``).
+        loss_fn: ``(outputs, targets) -> loss`` replacing cross-entropy (per-sample values or
+            their mean); with it, label-sampling estimators use the true targets.
+        cache_dir: a directory to cache sensitivity tables in (default: no cache).
+
+    Returns:
+        The :class:`~hawq_search.plan.Plan`; ``apply_plan(model, plan)`` quantizes the model
+        and ``plan.save(path)`` writes ``plan.json``.
+
+    Raises:
+        UserInputError: bad arguments or data; ``InfeasibleBudgetError`` (a subclass) when no
+            plan meets the budgets, with the smallest reachable value.
+    """
+    if not isinstance(model, nn.Module):
+        raise UserInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(search, (str, BaseSearch)):
+        raise UserInputError(
+            f"search must be 'ilp' or a searches.BaseSearch, got {type(search).__name__}",
+            params=("search",),
+        )
+    config = RunConfig(
+        model=f"python:{type(model).__name__}", wbits=tuple(sorted(set(wbits))),
+        abits=tuple(sorted(set(abits))), granularity=granularity, sensitivity=sensitivity,
+        search=search if isinstance(search, str) else "ilp", budget_mb=budget_mb, bops=bops,
+        latency_ms=latency_ms, energy_mj=energy_mj, accelerator=accelerator,
+        accel_batch=accel_batch, calib_size=calib_size, batch_size=batch_size, seed=seed,
+        time_limit_s=time_limit_s, mip_gap=mip_gap, out=cache_dir, progress=progress,
+    )  # fmt: skip
+    config.validate()
+    calib = from_batches(data, calib_size, source="user data")
+    example = example_input if example_input is not None else calib.images[:1]
+    loaded = _describe(model, example)
+    pipe = Pipeline(
+        config, model=loaded, calib=calib, example_input=example, loss_fn=loss_fn,
+        search=search if isinstance(search, BaseSearch) else None,
+    )  # fmt: skip
+    plan, _ = pipe.search()
+    return plan
+
+
+def _describe(model: nn.Module, example: torch.Tensor) -> LoadedModel:
+    """The model as the pipeline sees a loaded one: its input shape and number of outputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as exc:  # noqa: BLE001 - the user's model or input is wrong
+        raise UserInputError(
+            f"the model fails on an input of shape {tuple(example.shape)} ({type(exc).__name__}: "
+            f"{exc}): pass example_input with the shape the model expects",
+            params=("example_input",),
+        ) from None
+    finally:
+        model.train(was_training)
+    num_classes = int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() >= 1 else 0
+    # The model consumes data as given: no preprocessing of ours applies (identity statistics).
+    channels = example.shape[1] if example.dim() > 1 else 1
+    pre = Preprocess(
+        mean=(0.0,) * channels, std=(1.0,) * channels, input_size=tuple(example.shape[1:])
+    )
+    return LoadedModel(model, f"python:{type(model).__name__}", pre, num_classes, None, "python")

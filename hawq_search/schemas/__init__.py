@@ -1,0 +1,1 @@
+"""Package data: JSON Schemas shipped with hawq-search (``plan.schema.json``)."""
