@@ -6,27 +6,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from hawq_search.core.atomic import atomic_file
 
 __all__ = ["atomic_write_text", "jsonable", "write_json"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a unique temporary file beside ``path``, fsync it, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` atomically (see :func:`hawq_search.core.atomic.atomic_file`)."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def jsonable(x):

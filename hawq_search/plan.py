@@ -12,11 +12,9 @@ schema cannot say (layers listed twice, channel counts that disagree). Schema ve
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 from torch import nn
 
 from cost_models.size import layer_bops, layer_weight_bytes
+from hawq_search.core.atomic import atomic_file
 from hawq_search.core.bits import is_quantized
 from hawq_search.core.exceptions import PlanMismatchError, PlanVersionError, UserInputError
 from hawq_search.core.layers import LayerInfo
@@ -186,20 +185,9 @@ class Plan:
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (unique temp file in the same directory, fsync, rename), so an
         interrupted run never leaves half a plan nor a stray temp file."""
-        path = Path(path)
         text = json.dumps(self.to_dict(), indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, _new_file_mode())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, "w") as f:
+            f.write(text)
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
@@ -240,13 +228,6 @@ class Plan:
     @property
     def act_quantized(self) -> bool:
         return any(is_quantized(lp.a_bits) for lp in self.layers)
-
-
-def _new_file_mode() -> int:
-    """The mode ``open()`` gives a new file under the current umask (mkstemp uses 0600)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _read_json(path: Path, source: str) -> object:

@@ -4,13 +4,12 @@ header, no pickles (a problem file from elsewhere never runs code)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from hawq_search.core.atomic import atomic_file
 from searches.problem import PROBLEM_FORMAT_VERSION, Resource, SearchProblem, WeightGroup
 
 __all__ = ["write_problem", "read_problem"]
@@ -68,16 +67,8 @@ def write_problem(problem: SearchProblem, path: Path) -> None:
     }
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
 
 
 def read_problem(path: Path) -> SearchProblem:

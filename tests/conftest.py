@@ -130,3 +130,17 @@ def tiny_session(out, **config):
         calib=synthetic_data(64, seed=0),
         eval_data=synthetic_data(32, seed=1),
     )
+
+
+def invoke_cli(args: list) -> tuple[int, str, str]:
+    """Run the ``hawq-search`` command line in process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from hawq_search.cli.errors import run_cli
+    from hawq_search.cli.main import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(cli, [str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()

@@ -6,8 +6,6 @@ padding and per-group overheads; infeasible budgets give one clear line; the ``c
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import math
 import re
@@ -16,13 +14,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import invoke_cli as invoke
 from conftest import remove_user_env, tiny_session, write_user_env
 from torch import nn
 
 from cost_models.base import Cost, CostModel, weight_bytes_of
 from cost_models.registry import PROFILE_DIR, list_accelerators, load_accelerator
-from hawq_search.cli.errors import run_cli
-from hawq_search.cli.main import cli
 from hawq_search.config import RunConfig
 from hawq_search.core.exceptions import InfeasibleBudgetError, UserInputError
 from hawq_search.graph.trace import trace_model
@@ -400,13 +397,6 @@ def test_latency_without_accelerator_is_usage_error(cli_env, tmp_path):
 
 USER_MODULE = "hawq_user_models_accel"
 MODEL = f"{USER_MODULE}:tiny"
-
-
-def invoke(args: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_cli(cli, [str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 def base_args(env, out, *extra) -> list:

@@ -4,16 +4,13 @@ user model file) and a tiny ImageFolder data set written to a temporary director
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 import torch
+from conftest import invoke_cli as invoke
 from conftest import remove_user_env, write_user_env
 
-from hawq_search.cli.errors import run_cli
-from hawq_search.cli.main import cli
 from hawq_search.models.cifar_resnet import cifar_resnet
 from hawq_search.plan import Plan
 
@@ -24,13 +21,6 @@ CLASSES = [f"class{k}" for k in range(10)]
 # bias) = 516 B; at 4 bits 696 B; at 8 bits 1056 B.
 SMALLEST_BYTES = 516
 LARGEST_BYTES = 1056
-
-
-def invoke(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_cli(cli, [str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

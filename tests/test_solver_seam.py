@@ -5,17 +5,14 @@ layer and channel."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import warnings
 
 import numpy as np
 import pytest
+from conftest import invoke_cli as invoke
 from conftest import remove_user_env, tiny_session, write_user_env
 
-from hawq_search.cli.errors import run_cli
-from hawq_search.cli.main import cli
 from hawq_search.plan import Plan
 from searches import (
     BaseSearch,
@@ -66,13 +63,6 @@ class GreedySearch(BaseSearch):
             if best is None:
                 return SearchResult(SearchStatus.INFEASIBLE, f"cannot meet the {r.name} budget")
             w[best[1]] = best[2]
-
-
-def invoke(args: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_cli(cli, [str(x) for x in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,9 @@ def cli(debug: bool) -> None:
 @eval_options
 def run(**kw) -> None:
     """Sensitivities, exact ILP search, uniform baseline and PTQ evaluation, end to end."""
+    from hawq_search.plan import Plan
     from hawq_search.report import console_table, solver_status
     from hawq_search.run import run_job
-
-    from hawq_search.plan import Plan
 
     with make_pipeline(**kw) as pipe:
         summary = run_job(pipe)

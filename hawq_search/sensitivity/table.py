@@ -7,14 +7,13 @@ group) that can be cached to disk and reloaded without the model.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from hawq_search.core.atomic import atomic_file
 from hawq_search.files import jsonable
 
 __all__ = ["SensitivityTable"]
@@ -47,17 +46,9 @@ class SensitivityTable:
             "a_bits": list(self.a_bits),
             "meta": self.meta,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                blob = np.frombuffer(json.dumps(jsonable(header)).encode(), dtype=np.uint8)
-                np.savez(f, __header__=blob, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        blob = np.frombuffer(json.dumps(jsonable(header)).encode(), dtype=np.uint8)
+        with atomic_file(path) as f:
+            np.savez(f, __header__=blob, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> SensitivityTable:
