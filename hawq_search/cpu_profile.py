@@ -235,6 +235,49 @@ def interleaved_round_medians(
 def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, other, rounds) -> Path:
     import torch
 
+    unique, skipped = _unique_shapes(layers, batch)
+    engine, why = _pick_engine(next(iter(unique.values())), batch) if int8 else (None, "disabled")
+    if int8 and engine is None:
+        warnings.warn(f"no torch int8 backend runs here ({why}); recording fp32 only", stacklevel=3)
+    jobs, int8_failures = _timing_jobs(unique, batch, engine, other)
+    # Every timed call, run in interleaved rounds; the fastest round's median is kept: noise on
+    # a shared machine only ever adds time, and slow phases come and go (neighbours, frequency).
+    rounds = max(1, min(rounds, repeats))
+    t = {
+        k: min(v)
+        for k, v in interleaved_round_medians(
+            jobs, rounds=rounds, per_round=-(-repeats // rounds), warmup=warmup
+        ).items()
+    }
+    rows, speedups = _table_rows(unique, t, engine, repeats)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info = {
+        "host": platform.processor() or platform.machine(),
+        "src": f"measured by hawq_search.cpu_profile on this machine ({when}, torch {torch.__version__})",
+        "when": when,
+        "torch": torch.__version__,
+        "int8_note": (
+            f"int8 via torch quantized engine {engine}" if engine
+            else f"int8 backend unavailable ({why}); all bits run at fp32 speed"
+        ),
+    }  # fmt: skip
+    if int8_failures:
+        info["int8_note"] += f"; int8 failed for {', '.join(int8_failures)} (fp32 used)"
+    table = out_dir / f"{name}.costs.csv"
+    write_cost_table(table, rows, comment=f"{name}: {info['host']}, {n_threads} threads, batch {batch}; {info['src']}; {info['int8_note']}")  # fmt: skip
+    profile = out_dir / f"{name}.yaml"
+    other = None if other is None else (other[0], t["other"])
+    profile.write_text(
+        _profile_yaml(
+            name, table, batch, n_threads, info, max(1.0, statistics.median(speedups)),
+            len(speedups), t["tiny"], layers, other, repeats, warmup, engine, skipped,
+        )
+    )  # fmt: skip
+    return profile
+
+
+def _unique_shapes(layers, batch: int) -> tuple[dict[tuple, LayerInfo], list[str]]:
+    """One layer per distinct shape the cost table can express, and the layers it cannot."""
     unique: dict[tuple, LayerInfo] = {}
     skipped = []
     for layer in layers:
@@ -245,12 +288,14 @@ def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, oth
         unique.setdefault((key, layer.padding, layer.has_bias), layer)
     if not unique:
         raise ValueError("no layer with a shape the cost table can express (asymmetric strides?)")
-    engine, why = _pick_engine(next(iter(unique.values())), batch) if int8 else (None, "disabled")
-    if int8 and engine is None:
-        warnings.warn(f"no torch int8 backend runs here ({why}); recording fp32 only", stacklevel=3)
+    return unique, skipped
 
-    # Every timed call, run in interleaved rounds; the fastest round's median is kept: noise on
-    # a shared machine only ever adds time, and slow phases come and go (neighbours, frequency).
+
+def _timing_jobs(unique, batch: int, engine, other) -> tuple[dict[str, Callable[[], object]], list]:
+    """The calls to time: fp32 (and eager int8) per shape, a tiny conv for the per-call
+    overhead, and the model's other ops when given."""
+    import torch
+
     jobs: dict[str, Callable[[], object]] = {}
     int8_failures = []
     for layer in unique.values():
@@ -273,14 +318,12 @@ def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, oth
     jobs["tiny"] = lambda: tiny(xt)
     if other is not None:
         jobs["other"] = other[1]
-    rounds = max(1, min(rounds, repeats))
-    t = {
-        k: min(v)
-        for k, v in interleaved_round_medians(
-            jobs, rounds=rounds, per_round=-(-repeats // rounds), warmup=warmup
-        ).items()
-    }
+    return jobs, int8_failures
 
+
+def _table_rows(unique, t: dict[str, float], engine, repeats: int) -> tuple[list[dict], list]:
+    """Cost-table rows (8-bit at the faster of int8 and fp32; 16/32-bit at fp32) and the
+    measured fp32/int8 speed-ups."""
     rows, speedups = [], []
     for (key, _, _), layer in unique.items():
         t32 = t[f"fp32:{layer.name}"]
@@ -294,25 +337,19 @@ def _profile(layers, out_dir, repeats, warmup, batch, n_threads, name, int8, oth
         rows.append({**base, "w_bits": 8, "a_bits": 8, "latency_s": f"{t8:.6g}", "backend": backend, **common})  # fmt: skip
         for bits in (16, 32):
             rows.append({**base, "w_bits": bits, "a_bits": bits, "latency_s": f"{t32:.6g}", "backend": "fp32", **common})  # fmt: skip
-    overhead = t["tiny"]
-    other = None if other is None else (other[0], t["other"])
+    return rows, speedups
+
+
+def _profile_yaml(
+    name, table, batch, n_threads, info, speedup, n_speedups, overhead, layers, other, repeats,
+    warmup, engine, skipped,
+) -> str:  # fmt: skip
+    """The profile YAML text, every number with its source."""
     bandwidth = _bandwidth_Bps()
     clock, simd = _cpu_facts()
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    host = platform.processor() or platform.machine()
-    src = f"measured by hawq_search.cpu_profile on this machine ({when}, torch {torch.__version__})"
-    int8_note = (
-        f"int8 via torch quantized engine {engine}" if engine
-        else f"int8 backend unavailable ({why}); all bits run at fp32 speed"
-    )  # fmt: skip
-    if int8_failures:
-        int8_note += f"; int8 failed for {', '.join(int8_failures)} (fp32 used)"
-    table = out_dir / f"{name}.costs.csv"
-    write_cost_table(table, rows, comment=f"{name}: {host}, {n_threads} threads, batch {batch}; {src}; {int8_note}")  # fmt: skip
-    speedup = max(1.0, statistics.median(speedups))
-    profile = out_dir / f"{name}.yaml"
-    profile.write_text(
-        f"""# Local CPU profile written by hawq_search.cpu_profile.profile_local_cpu.
+    host, src, when, int8_note = info["host"], info["src"], info["when"], info["int8_note"]
+    torch_version = info["torch"]
+    return f"""# Local CPU profile written by hawq_search.cpu_profile.profile_local_cpu.
 # Latencies of the layers listed in {table.name} are measured; other shapes use the analytic cpu
 # model below, scaled by the median measured/analytic ratio of the table rows.
 schema_version: 1
@@ -327,7 +364,7 @@ compute:
   cores: {n_threads}                         # src: torch.get_num_threads() during the measurement
   simd_bits: {simd}                     # src: /proc/cpuinfo ISA flags (avx512f / avx2)
   fma_per_cycle: 2                  # src: [R] two FMA ports (Intel optimization manual, Haswell and later); absorbed by the fitted efficiency
-  int8_speedup: {speedup:.4g}              # src: {src}: median fp32/int8 time over {len(speedups)} shapes
+  int8_speedup: {speedup:.4g}              # src: {src}: median fp32/int8 time over {n_speedups} shapes
 overhead_s: {overhead:.4g}                 # src: {src}: median call time of a 1x1 conv on 1 pixel
 storage_containers: [8, 16, 32]     # src: [R] int8 and float containers; sub-8-bit runs as int8
 memory:
@@ -340,7 +377,7 @@ cost_table: {table.name}
 table:
   interpolation: stepwise{_other_ops_yaml(layers, batch, other, src)}
 measurement:
-  torch: "{torch.__version__}"
+  torch: "{torch_version}"
   threads: {n_threads}
   repeats: {repeats}
   warmup: {warmup}
@@ -348,8 +385,6 @@ measurement:
   skipped_layers: {json.dumps(skipped)}
   date: "{when}"
 """
-    )
-    return profile
 
 
 def _other_ops_yaml(layers, batch: int, other, src: str) -> str:
