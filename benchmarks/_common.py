@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from hawq_search.files import jsonable
+from hawq_search.runtime import cpu_description
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -35,6 +36,7 @@ __all__ = [
     "wait_for_idle",
     "machine_facts",
     "command_line",
+    "display_path",
     "median",
     "md_table",
     "Header",
@@ -88,6 +90,7 @@ def machine_facts() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_description": cpu_description(),
     }
 
 
@@ -101,14 +104,35 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as written in results files: relative to the repository root (``../shared/...``
+    for the shared data and weights next to it), never an absolute machine path."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    p = Path(os.path.abspath(p))
+    for base, prefix in ((REPO, ""), (REPO.parent, "..")):
+        try:
+            rel = p.relative_to(base)
+        except ValueError:
+            continue
+        return str(Path(prefix, rel)) if prefix else (str(rel) or ".")
+    return str(p)
+
+
+def _display_arg(arg: str) -> str:
+    if arg.startswith("--") and "=" in arg:
+        opt, val = arg.split("=", 1)
+        return f"{opt}={_display_arg(val)}"
+    return display_path(arg) if os.path.isabs(arg) else arg
+
+
 def command_line() -> str:
-    """The command that reproduces this run (from the repository root)."""
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script = script.relative_to(REPO)
-    except ValueError:
-        pass
-    return shlex.join([sys.executable, str(script), *sys.argv[1:]])
+    """The command that reproduces this run, from the repository root and machine-independent:
+    ``python`` (not this interpreter's path), the script relative to the root, and absolute path
+    arguments relative to the root."""
+    script = display_path(Path(sys.argv[0]).resolve())
+    return shlex.join(["python", script, *(_display_arg(a) for a in sys.argv[1:])])
 
 
 def median(xs):
@@ -156,7 +180,8 @@ class Header:
                 "```",
                 "",
                 f"- date: {d['date']}",
-                f"- machine: nproc {m['nproc']}, {m['cpu']}, torch {m['torch']}, "
+                f"- machine: nproc {m['nproc']}, {m.get('cpu_description', m['cpu'])}, "
+                f"torch {m['torch']}, "
                 f"torch threads {m['torch_threads']}, scipy {m['scipy']}, python {m['python']}",
                 f"- os.getloadavg() at start: {d['loadavg_start']}, at end: {d['loadavg_end']}",
                 f"- script wall time: {d['wall_s']} s",

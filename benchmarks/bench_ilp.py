@@ -14,7 +14,7 @@ Each case: build_problem time, then ``IlpSearch(time_limit=60).solve``, repeated
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/bench_ilp.py
+    python benchmarks/bench_ilp.py
 
 writes ``benchmarks/results/ilp_solve_time.md`` and ``.json``; ``--quick`` (one repeat, ResNet-56
 channel cases and resnet50 only) writes into ``/tmp`` instead.

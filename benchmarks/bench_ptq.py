@@ -7,7 +7,7 @@ PTQ only: nothing is fine-tuned.
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/bench_ptq.py
+    python benchmarks/bench_ptq.py
 
 It writes ``benchmarks/results/ptq_resnet56.md`` and ``.json``. ``--quick`` runs one budget on
 200-image evaluation subsets and writes into the work directory instead (a smoke test).
@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 import warnings
@@ -37,6 +36,10 @@ from hawq_search.evaluation import top1
 from hawq_search.files import jsonable
 from hawq_search.pipeline import Pipeline
 from hawq_search.plan import SIZE_DEFINITION, Plan
+from hawq_search.runtime import cpu_description
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, display_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HAWQ_SEARCH_SHARED", REPO.parent / "shared"))
@@ -107,6 +110,7 @@ def machine_info() -> dict:
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu,
+        "cpu_description": cpu_description(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
@@ -144,9 +148,7 @@ def main() -> int:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     started = dt.datetime.now().astimezone()
-    command = "/work/venv/bin/python benchmarks/bench_ptq.py" + (
-        " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
-    )
+    command = command_line()  # python + script relative to the repository root
 
     budgets = (
         tuple(float(b) for b in args.budgets.split(","))
@@ -232,6 +234,7 @@ def main() -> int:
             "cached": bool(tables[act].meta.get("cached")),
             "compute_seconds": tables[act].meta.get("seconds"),
             "samples": tables[act].meta.get("samples"),
+            "precision": tables[act].meta.get("precision"),
         }
         log(
             f"sensitivity {act}: {tables[act].method}, cached={bool(tables[act].meta.get('cached'))} "
@@ -348,13 +351,16 @@ def main() -> int:
             "ptq_only": True,
             "model": "resnet56",
             "calibration": {
-                "source": str(LOSSLESS / "train"),
+                "source": display_path(LOSSLESS / "train"),
                 "size": len(s0.calib),
                 "seed": 0,
             },
             "eval_sets": {
-                "lossless": {"source": str(LOSSLESS / "test"), "size": len(eval_sets["lossless"])},
-                "jpeg": {"source": str(JPEG / "test"), "size": len(eval_sets["jpeg"])},
+                "lossless": {
+                    "source": display_path(LOSSLESS / "test"),
+                    "size": len(eval_sets["lossless"]),
+                },
+                "jpeg": {"source": display_path(JPEG / "test"), "size": len(eval_sets["jpeg"])},
             },
             "sensitivity": sens_info,
             "wbits": list(s0.config.wbits),
@@ -435,6 +441,7 @@ def render_md(r: dict) -> str:
     m = r["machine"]
     ls, le = r["loadavg_start"], r["loadavg_end"]
     ev = r["eval_sets"]
+    cpu = m.get("cpu_description") or f"{m['cpu_count']} cores ({m['cpu_model']})"
     lines = [
         "# PTQ benchmark: ResNet-56, CIFAR-10",
         "",
@@ -445,7 +452,7 @@ def render_md(r: dict) -> str:
         "```",
         "",
         f"- Date: {r['started']} (wall time {r['wall_s'] / 60:.1f} min)",
-        f"- Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch_version']} "
+        f"- Machine: {cpu}, torch {m['torch_version']} "
         f"(torch threads: {m['torch_threads']}), Python {m['python']}; load average (1/5/15 min) "
         f"at start {ls[0]:.2f}/{ls[1]:.2f}/{ls[2]:.2f}, at end {le[0]:.2f}/{le[1]:.2f}/{le[2]:.2f}"
         + (
@@ -533,7 +540,9 @@ def render_md(r: dict) -> str:
     lines.append(
         "- Sensitivity tables: "
         + "; ".join(
-            f"{act} {v['method']} on {v['samples']} images, "
+            f"{act} {v['method']} on {v['samples']} images"
+            + (f" ({v['precision']})" if v.get("precision") else "")
+            + ", "
             + (
                 f"loaded from the work-directory cache (computed earlier in {v['compute_seconds']:.0f} s)"
                 if v["cached"]

@@ -12,21 +12,30 @@ and the mean cross-entropy increase is measured in float32 on
 
 Predicted: ``table.layer_loss(layer)[bit index]``. Spearman over all (layer, bit) pairs and per bit.
 
-Timing part: ResNet-56 ``fisher_sensitivity`` ('fisher', 'fisher-diag') on the 512 calibration
-images with abits (32,) and (8,), median of 3 fresh runs, plus a torch.func vmap per-sample-gradient
-diagonal-Fisher baseline, after ``wait_for_idle()``.
+Speed part (``--parts speed``), all in one process: ResNet-56 on 512 seeded lossless/train
+images, batch 128 -- a plain ``torch.func`` vmap(grad(functional_call)) per-sample diagonal Fisher
+(the baseline), one FP32 training step over the same images (the floor for per-sample gradient
+methods), and ``fisher_sensitivity`` 'fisher-diag' and 'fisher' in the precision
+``hawq_search.runtime`` resolves for ``"auto"`` plus fp32 and bf16 forced, with abits (32,) and
+(8,); interleaved rounds (median of 3, ratios to the vmap time of the same round); the CPU model
+and capability, torch threads and load averages are recorded. Writes
+``benchmarks/results/sensitivity_speed.md`` and ``.json``.
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/bench_sensitivity.py
+    .venv/bin/python benchmarks/bench_sensitivity.py --parts fidelity,speed
 
-writes ``benchmarks/results/sensitivity_fidelity.md`` and ``.json``. ``--quick`` (ResNet-20 only,
-500 held-out images, 3 Hutchinson probes, 1 timing repeat) writes into ``/tmp`` instead.
+writes ``benchmarks/results/sensitivity_fidelity.md`` and ``.json`` (and the speed files).
+``--quick`` (ResNet-20 only, 500 held-out images, 3 Hutchinson probes, 1 speed round, 128 speed
+images) writes into ``/tmp`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
+import shlex
 import sys
 import tempfile
 import time
@@ -41,7 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     LOSSLESS,
+    REPO,
     RESULTS,
+    THREADS,
     WEIGHTS,
     Header,
     idle_record,
@@ -53,10 +64,14 @@ from _common import (  # noqa: E402
 )
 
 from hawq_search.config import RunConfig  # noqa: E402
-from hawq_search.data.datasets import load_subset  # noqa: E402
+from hawq_search.data.datasets import TensorData, load_subset  # noqa: E402
 from hawq_search.models.cifar_resnet import CifarResNet  # noqa: E402
 from hawq_search.pipeline import Pipeline  # noqa: E402
-from hawq_search.sensitivity.fisher import fisher_sensitivity, weight_deltas  # noqa: E402
+from hawq_search.sensitivity.fisher import (  # noqa: E402
+    fisher_sensitivity,
+    layer_weight_deltas,
+    weight_deltas,
+)
 
 METHODS = ("fisher", "empirical-fisher", "fisher-diag", "sampled-fisher", "hessian")
 BITS = (2, 3, 4)
@@ -64,9 +79,7 @@ MODELS = ("resnet20", "resnet56")
 TARGETS = (
     "Targets (from the issue): Spearman >= 0.90 on ResNet-20 for the default `fisher`; "
     "the issue says a plain diagonal Fisher reaches about 0.85 in about 3.4 s and the Hutchinson "
-    "trace about 0.76 in about 55x that time. Timing: ResNet-56 Fisher sensitivities on 512 "
-    "images <= 4 s; the issue quotes about 7 s for a torch.func vmap per-sample-gradient "
-    "implementation."
+    "trace about 0.76 in about 55x that time. Speed (issue 8): see sensitivity_speed.md."
 )
 
 
@@ -277,23 +290,43 @@ def run_model(model: str, args, tmp: Path, save) -> dict:
     return result
 
 
-# ---- timing --------------------------------------------------------------------------------
+# ---- speed: the Fisher estimators against a torch.func vmap baseline, in one process -------
+
+SPEED_MODEL = "resnet56"
+SPEED_WBITS = (2, 3, 4, 5, 6, 8)
+SPEED_BATCH = 128
+# Targets from the issue, as ratios to the vmap baseline's time in the same run.
+SPEED_TARGETS = {"fisher": 1.0, "fisher-diag": 0.7}
 
 
-def vmap_diag_fisher(model, graph, data, w_bits, batch=128) -> dict:
-    """Baseline: per-sample gradients by torch.func vmap(grad(functional_call)), diagonal Fisher,
-    ``0.5 * sum_i F_ii Δ_i²`` per channel and bit option (float32, true labels)."""
+def speed_inputs(n_images: int):
+    """ResNet-56, ``n_images`` seeded images of lossless/train, its graph and activation clips."""
+    from hawq_search.graph.trace import trace_model
+    from hawq_search.models.registry import create_model
+    from hawq_search.sensitivity.stage import activation_ranges
+
+    loaded = create_model(SPEED_MODEL, weights_dir=str(WEIGHTS))
+    model = loaded.model.eval()
+    calib = load_subset("imagefolder", LOSSLESS, "train", loaded.preprocess, n_images, 0)
+    graph = trace_model(model, torch.zeros(1, 3, 32, 32))
+    clips, signed = activation_ranges(model, graph, calib, (8,))  # 8-bit clips always included
+    return model, graph, calib, clips, signed
+
+
+def vmap_diag_fisher(model, graph, data, w_bits, batch=SPEED_BATCH) -> dict:
+    """Baseline: per-sample gradients by ``torch.func`` ``vmap(grad(functional_call))``, diagonal
+    Fisher ``F_ii = mean_n G_n,i²`` and ``0.5 * Σ_i F_ii Δ_i²`` per channel and bit option
+    (float32, true labels, weights only). The perturbations Δ come from the library's
+    ``layer_weight_deltas``, the same call ``fisher_sensitivity`` makes, so only the Fisher
+    part differs between the two."""
     from torch.func import functional_call, grad, vmap
 
     model.eval()
-    modules = dict(model.named_modules())
     keys = [f"{layer.name}.weight" for layer in graph.layers]
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
     wts = {k: params[k] for k in keys}
-    deltas = {
-        layer.name: weight_deltas(modules[layer.name].weight, w_bits) for layer in graph.layers
-    }
+    deltas = layer_weight_deltas(model, graph, w_bits)
 
     def loss_fn(w, x, y):
         out = functional_call(model, ({**params, **w}, buffers), (x.unsqueeze(0),))
@@ -315,75 +348,191 @@ def vmap_diag_fisher(model, graph, data, w_bits, batch=128) -> dict:
     return out
 
 
-def run_timing(args, tmp: Path) -> dict:
-    session = make_session("resnet56", str(tmp / "timing-run"), args.probes)
-    model, graph, calib = session.model, session.graph, session.calib
-    clips, signed = session.activation_ranges()
-    w_bits = session.config.wbits
-    idle = idle_record(timeout_s=args.idle_timeout)
-    rows = []
-    for method in ("fisher", "fisher-diag"):
-        for abits in ((32,), (8,)):
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                table = fisher_sensitivity(
-                    model, graph, calib, tuple(w_bits), abits, clips, signed, method=method
-                )
-                times.append(time.perf_counter() - t0)
-            rows.append(
-                {
-                    "impl": f"fisher_sensitivity(method='{method}')",
-                    "abits": list(abits),
-                    "times_s": times,
-                    "median_s": median(times),
-                    "samples": table.meta["samples"],
-                }
-            )
-            log(f"timing {method} abits {abits}: {[round(t, 2) for t in times]}")
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fisher_sensitivity(
-            model, graph, calib, tuple(w_bits), (32,), clips, signed, method="fisher", precision="fp32"
-        )
-        times.append(time.perf_counter() - t0)
-    rows.append(
-        {
-            "impl": "fisher_sensitivity(method="fisher", precision="fp32")",
-            "abits": [32],
-            "times_s": times,
-            "median_s": median(times),
-            "samples": len(calib),
-        }
-    )
-    log(f"timing fisher fp32 abits (32,): {[round(t, 2) for t in times]}")
-    diag_ref = fisher_sensitivity(
-        model, graph, calib, tuple(w_bits), (32,), clips, signed, method="fisher-diag"
-    )
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        vm = vmap_diag_fisher(model, graph, calib, tuple(w_bits))
-        times.append(time.perf_counter() - t0)
-    log(f"timing vmap baseline: {[round(t, 2) for t in times]}")
-    a = np.concatenate([vm[k].ravel() for k in vm])
-    b = np.concatenate([diag_ref.weight[k].ravel() for k in vm])
-    rows.append(
-        {
-            "impl": "torch.func vmap(grad) per-sample grads, diagonal Fisher, fp32, batch 128",
-            "abits": [32],
-            "times_s": times,
-            "median_s": median(times),
-            "samples": len(calib),
-            "spearman_vs_fisher_diag_channel_bit": spearman(a, b),
-        }
-    )
+def fp32_training_step(model, batch=SPEED_BATCH):
+    """One FP32 training step over the images: per batch forward, backward (weight and input
+    gradients) and an SGD update, on a copy in train mode -- about the floor for any method that
+    forms per-sample weight gradients, which costs a weight gradient's arithmetic."""
+    net = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4)
+
+    def step(data):
+        for x, y in data.batches(batch):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+
+    return step
+
+
+def speed_entries(model, graph, calib, clips, signed, precisions) -> list[dict]:
+    """Every timed computation: key, description, and a function of the data set."""
+    entries = [
+        {"key": "vmap", "impl": "torch.func vmap(grad) diagonal Fisher", "precision": "fp32",
+         "abits": None, "run": lambda d: vmap_diag_fisher(model, graph, d, SPEED_WBITS)},
+        {"key": "train", "impl": "one FP32 training step", "precision": "fp32", "abits": None,
+         "run": fp32_training_step(model)},
+    ]  # fmt: skip
+    for prec, label in precisions:
+        for method in ("fisher-diag", "fisher"):
+            for abits in ((32,), (8,)):
+                if prec == "bf16" and abits != (32,):
+                    continue  # emulated bf16 is slow: one activation setting is enough
+
+                def run(d, method=method, abits=abits, prec=prec):
+                    return fisher_sensitivity(
+                        model, graph, d, SPEED_WBITS, abits, clips, signed, method=method,
+                        batch_size=SPEED_BATCH, precision=prec,
+                    )  # fmt: skip
+
+                entries.append(
+                    {"key": f"{method}/{prec}/a{abits[0]}", "impl": f"`{method}`",
+                     "method": method, "precision": label, "abits": list(abits), "run": run}
+                )  # fmt: skip
+    return entries
+
+
+def _timed(entry, data) -> dict:
+    load0 = round(os.getloadavg()[0], 2)
+    t0 = time.perf_counter()
+    out = entry["run"](data)
     return {
-        "idle": idle,
-        "rows": rows,
-        "loadavg_end": [round(v, 2) for v in __import__("os").getloadavg()],
+        "s": time.perf_counter() - t0,
+        "load1": [load0, round(os.getloadavg()[0], 2)],
+        "out": out,
     }
+
+
+def run_speed(args) -> dict:
+    """Interleaved rounds: every computation once per round, in an order rotated each round,
+    so a change of machine load hits all of them alike; medians and per-round ratios to vmap."""
+    from hawq_search.runtime import cpu_description, resolve_runtime
+
+    auto = resolve_runtime("cpu", "auto")
+    precisions = [(auto.precision, f"{auto.precision} (auto)")]
+    precisions += [(p, f"{p} (forced)") for p in ("fp32", "bf16") if p != auto.precision]
+    model, graph, calib, clips, signed = speed_inputs(args.speed_images)
+    entries = speed_entries(model, graph, calib, clips, signed, precisions)
+    warm = TensorData(calib.images[:SPEED_BATCH], calib.labels[:SPEED_BATCH],
+                      list(calib.indices[:SPEED_BATCH]), calib.source)  # fmt: skip
+    for e in entries:  # first calls pay for kernel selection and allocation
+        e["run"](warm)
+    idle = idle_record(timeout_s=args.idle_timeout)
+    times: dict[str, list] = {e["key"]: [] for e in entries}
+    loads: dict[str, list] = {e["key"]: [] for e in entries}
+    outs = {}
+    for r in range(args.repeats):
+        order = entries[r % len(entries) :] + entries[: r % len(entries)]
+        for e in order:
+            t = _timed(e, calib)
+            times[e["key"]].append(t["s"])
+            loads[e["key"]].append(t["load1"])
+            outs[e["key"]] = t["out"]
+        log(f"speed round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items()))
+    rows = []
+    for e in entries:
+        k = e["key"]
+        ratios = [a / b for a, b in zip(times[k], times["vmap"], strict=True)]
+        row = {key: e[key] for key in ("key", "impl", "precision", "abits")}
+        row.update(times_s=times[k], median_s=median(times[k]), ratio_per_round=ratios,
+                   ratio_median=median(ratios), loadavg1_before_after=loads[k])  # fmt: skip
+        target = SPEED_TARGETS.get(e.get("method"))
+        if target is not None and e["precision"].endswith("(auto)"):
+            row["target_ratio"] = target
+            row["met"] = row["ratio_median"] <= target
+        rows.append(row)
+    return {
+        "model": SPEED_MODEL, "images": len(calib), "batch_size": SPEED_BATCH,
+        "w_bits": list(SPEED_WBITS), "cpu": cpu_description(), "threads": torch.get_num_threads(),
+        "auto_precision": auto.precision, "auto_reason": auto.reason, "idle": idle,
+        "rows": rows, "agreement": speed_agreement(outs),
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+    }  # fmt: skip
+
+
+def speed_agreement(outs: dict) -> dict:
+    """Per-(layer, channel, bit) relative difference of the library's fp32 `fisher-diag` weight
+    table and the vmap baseline (the same quantity computed two ways)."""
+    ref = outs["vmap"]
+    ours = outs.get("fisher-diag/fp32/a32")
+    if ours is None:
+        return {}
+    a = np.concatenate([ours.weight[k].ravel() for k in ref])
+    b = np.concatenate([ref[k].ravel() for k in ref])
+    rel = np.abs(a - b) / np.maximum(np.abs(b), 1e-30)
+    rel[(a == 0) & (b == 0)] = 0.0
+    return {
+        "entries": int(a.size),
+        "max_rel": float(rel.max()),
+        "median_rel": float(np.median(rel)),
+    }
+
+
+def render_speed(s: dict) -> str:
+    idle = s["idle"]
+    lines = [
+        f"CPU: {s['cpu']}; torch threads {s['threads']}; `precision=\"auto\"` resolves to "
+        f"{s['auto_precision']} here ({s['auto_reason']}).",
+        "",
+        f"{s['model']}, {s['images']} seeded images of lossless/train, batch {s['batch_size']}, "
+        f"w_bits {','.join(map(str, s['w_bits']))}. Every computation runs once per round, in an "
+        f"order rotated each round, {len(s['rows'][0]['times_s'])} rounds after one untimed "
+        "warm-up call each; the ratio is the median over rounds of (time / vmap time of the same "
+        f"round). Load: after wait_for_idle {idle['load_seen']} (idle: {idle['idle']}, waited "
+        f"{idle['waited_s']} s); 1/5/15-min load at the end {s['loadavg_end']}; the 1-min load "
+        "before each call is in the table.",
+        "",
+        md_table(
+            ["computation", "precision", "abits", "runs (s)", "median (s)", "ratio to vmap",
+             "target", "1-min load before"],
+            [
+                [
+                    r["impl"], r["precision"], ",".join(map(str, r["abits"] or [])) or "-",
+                    ", ".join(f"{x:.2f}" for x in r["times_s"]), f"{r['median_s']:.2f}",
+                    f"{r['ratio_median']:.2f}",
+                    (f"<= {r['target_ratio']} ({'met' if r['met'] else 'missed'})"
+                     if "target_ratio" in r else ""),
+                    ", ".join(str(x[0]) for x in r["loadavg1_before_after"]),
+                ]
+                for r in s["rows"]
+            ],
+        ),
+        "",
+    ]  # fmt: skip
+    agr = s.get("agreement")
+    if agr:
+        lines += [
+            "The vmap baseline computes the weight part of `fisher-diag` (no activation terms): "
+            f"over its {agr['entries']} (layer, channel, bit) entries the fp32 `fisher-diag` "
+            f"table differs from it by at most {agr['max_rel']:.1e} relative (median "
+            f"{agr['median_rel']:.1e}).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_speed(header: Header, speed: dict, out_dir: Path) -> Path:
+    """``sensitivity_speed.md`` (first line: the command) and ``.json``."""
+    md, js = write_results(
+        "sensitivity_speed", header, "Sensitivity speed: Fisher estimators vs torch.func vmap",
+        render_speed(speed), {"speed": speed}, out_dir,
+    )  # fmt: skip
+    md.write_text(_command() + "\n\n" + md.read_text())
+    return md
+
+
+def _command() -> str:
+    """This run's command from the repository root, with a repository-relative interpreter."""
+    exe = Path(sys.executable)
+    try:
+        exe_s = str(exe.relative_to(REPO))
+    except ValueError:
+        exe_s = "python"
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_s = str(script.relative_to(REPO))
+    except ValueError:
+        script_s = str(script)
+    return shlex.join([exe_s, script_s, *sys.argv[1:]])
 
 
 def run_sens_times(args, tmp: Path) -> dict:
@@ -508,40 +657,6 @@ def render(data: dict, args) -> str:
                 ),
                 "",
             ]
-    t = data.get("timing")
-    if t:
-        idle = t["idle"]
-        parts += [
-            "## Timing: ResNet-56 Fisher sensitivities on 512 calibration images",
-            "",
-            f"`hawq_search.sensitivity.fisher.fisher_sensitivity` called directly with the Pipeline's "
-            f"model, graph, calibration data and activation ranges (w_bits 2,3,4,5,6,8, batch 128, "
-            f"bf16 fast path = library default); {args.repeats} fresh runs each. After "
-            f"wait_for_idle: load seen {idle['load_seen']} (idle: {idle['idle']}, waited "
-            f"{idle['waited_s']} s); 1/5/15-min load at the end: {t['loadavg_end']}.",
-            "",
-            md_table(
-                ["implementation", "abits", "runs (s)", "median (s)"],
-                [
-                    [
-                        r["impl"],
-                        ",".join(map(str, r["abits"])),
-                        ", ".join(f"{x:.2f}" for x in r["times_s"]),
-                        f"{r['median_s']:.2f}",
-                    ]
-                    for r in t["rows"]
-                ],
-            ),
-            "",
-        ]
-        vm = t["rows"][-1]
-        parts += [
-            "The vmap baseline computes only the weight part of `fisher-diag` (no activation "
-            "sensitivities), in float32; its per-(channel, bit) estimates have Spearman "
-            f"{vm['spearman_vs_fisher_diag_channel_bit']:.4f} with the library's `fisher-diag` "
-            "table (bf16 per-sample gradients).",
-            "",
-        ]
     missing = data.get("missing")
     if missing:
         parts += ["## Missing", "", *[f"- {m}" for m in missing], ""]
@@ -569,8 +684,6 @@ def merge(args) -> None:
             data["models"][model] = r
         if part.get("sens_times"):
             data.setdefault("sens_times", {}).update(part["sens_times"])
-        if part.get("timing"):
-            data["timing"] = part["timing"]
             repeats = part["args"]["repeats"]
     missing = []
     for model in MODELS:
@@ -586,8 +699,6 @@ def merge(args) -> None:
                 f"{model}: held-out measurement on a seeded subset of {r['heldout']['subsampled_to']} "
                 f"of the {r['heldout']['total']} held-out images (time)"
             )
-    if "timing" not in data:
-        missing.append("timing part not run")
     data["missing"] = missing
     lines = [
         "This file combines separate runs of this script (parts run at different times on a "
@@ -613,10 +724,18 @@ def main() -> None:
     ap.add_argument("--models", default=None, help="comma list (default resnet20,resnet56)")
     ap.add_argument(
         "--parts",
-        default="fidelity,timing",
-        help="comma list of fidelity, timing, sens-times (idle re-timing of every method)",
+        default="fidelity,speed",
+        help="comma list of fidelity, speed (one-process timing against torch.func vmap), "
+        "sens-times (idle re-timing of every method)",
     )
     ap.add_argument("--idle-timeout", type=float, default=900.0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="timing repeats / speed rounds (default 3)"
+    )
+    ap.add_argument(
+        "--speed-images", type=int, default=None, help="speed part images (default 512)"
+    )
     ap.add_argument(
         "--heldout-limit",
         type=int,
@@ -636,7 +755,7 @@ def main() -> None:
         "benchmarks/results/sensitivity_fidelity.md",
     )
     args = ap.parse_args()
-    setup_torch()
+    setup_torch(args.threads or THREADS)
     if args.merge:
         merge(args)
         return
@@ -649,7 +768,9 @@ def main() -> None:
         args.probes = 3 if args.quick else 100
     if args.quick and args.heldout_limit is None:
         args.heldout_limit = 500
-    args.repeats = 1 if args.quick else 3
+    args.repeats = args.rounds or (1 if args.quick else 3)
+    if args.speed_images is None:
+        args.speed_images = 128 if args.quick else 512
     parts = args.parts.split(",")
     out_dir = (
         Path(args.out_dir)
@@ -674,13 +795,14 @@ def main() -> None:
         missing.append("fidelity part not run")
     if "sens-times" in parts:
         data["sens_times"] = run_sens_times(args, tmp)
-    if "timing" in parts:
-        data["timing"] = run_timing(args, tmp)
-    else:
-        missing.append("timing part not run")
-    data["missing"] = missing
-    md, js = write_results("sensitivity_fidelity", header, title, render(data, args), data, out_dir)
-    log(f"wrote {md} and {js}")
+    if "speed" in parts:
+        log(f"wrote {write_speed(header, run_speed(args), out_dir)}")
+    if "fidelity" in parts or "sens-times" in parts:
+        data["missing"] = missing
+        md, js = write_results(
+            "sensitivity_fidelity", header, title, render(data, args), data, out_dir
+        )
+        log(f"wrote {md} and {js}")
 
 
 if __name__ == "__main__":

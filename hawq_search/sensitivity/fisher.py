@@ -142,10 +142,11 @@ def per_sample_grads(
 
 
 # Samples per per_sample_grads call: a chunk's gradients, inputs and output gradients stay
-# within about 8 MB (float32), so they are still in cache when squared and contracted. Measured
-# on ResNet-56 (2-core EPYC): chunks of 32 run the 64-channel layers 2-3x faster than the whole
-# batch of 128 at once, and no shape gained from larger chunks.
-_CHUNK_ELEMENTS = 1 << 21
+# within about 2 MB (float32), so they are still in cache when squared and contracted. Measured
+# on ResNet-56 (2-core EPYC, benchmarks/results/sensitivity_speed.md): chunks of 8-11 samples
+# run the 64-channel 8x8 layers 1.5x faster than chunks of 32 and 2x faster than the whole batch
+# of 128; the 16- and 32-channel layers are flat between 8 and 64.
+_CHUNK_ELEMENTS = 1 << 19
 _MAX_CHUNK = 32
 
 
@@ -329,6 +330,9 @@ def _batch(model, rec: _Recorder, ctx: _Context, sums: _Sums, x, y, gen) -> None
     A sample's gradients depend only on its own label (eval mode), so a later pass reuses them
     for every sample whose label is the same -- with sampled labels from a model that fits its
     calibration images, almost all of them -- and re-runs forward and backward only on the rest.
+    The re-run's gradients are paired with the layer inputs of the first forward: a subset may
+    take other kernels, and a last-bit change of an activation can move it across a rounding
+    boundary of the activation quantizer.
     """
     device = next(iter(ctx.deltas.values())).device
     x, y = x.to(device), y.to(device)
@@ -338,14 +342,17 @@ def _batch(model, rec: _Recorder, ctx: _Context, sums: _Sums, x, y, gen) -> None
     loss = batch_loss(ctx.loss_fn, logits, labels[0])
     grads = torch.autograd.grad(loss, wanted)
     del wanted
-    _accumulate(ctx, rec, list(zip(ctx.passes, same, strict=True)), grads, sums)
+    inputs = dict(rec.inputs)
+    _accumulate(ctx, inputs, list(zip(ctx.passes, same, strict=True)), grads, sums)
     for pas, lab, mask in zip(ctx.passes[1:], labels[1:], same[1:], strict=True):
         rest = (mask == 0).nonzero().squeeze(1)
         if rest.numel() == 0:
             continue
         sub_logits, wanted = _forward(model, rec, ctx, x[rest], pas.act is not None)
         loss = batch_loss(ctx.loss_fn, sub_logits, lab[rest])
-        _accumulate(ctx, rec, [(pas, None)], torch.autograd.grad(loss, wanted), sums)
+        grads = torch.autograd.grad(loss, wanted)
+        sub_inputs = {name: v[rest] for name, v in inputs.items()}
+        _accumulate(ctx, sub_inputs, [(pas, None)], grads, sums)
 
 
 def _forward(model, rec: _Recorder, ctx: _Context, x, act: bool):
@@ -383,16 +390,16 @@ def _weight_estimate(method: str, name: str, d: torch.Tensor, sums: _Sums, n: in
     return est.T.double().cpu().numpy()
 
 
-def _accumulate(ctx: _Context, rec: _Recorder, feeds: list[_Feed], grads, sums: _Sums) -> None:
+def _accumulate(ctx: _Context, inputs, feeds: list[_Feed], grads, sums: _Sums) -> None:
     """Add one backward pass's per-sample terms to the running sums of every feed."""
     layers = ctx.graph.layers
     gys = grads[: len(layers)]
     for layer, gy in zip(layers, gys, strict=True):
-        _weight_terms(ctx, layer, rec.inputs[layer.name], gy, feeds, sums)
+        _weight_terms(ctx, layer, inputs[layer.name], gy, feeds, sums)
     act_feeds = [(pas, mask) for pas, mask in feeds if pas.act]
     if act_feeds:
         gxs = {layer.name: gx for layer, gx in zip(layers, grads[len(layers) :], strict=True)}
-        _act_terms(ctx, rec.inputs, gxs, act_feeds, sums)
+        _act_terms(ctx, inputs, gxs, act_feeds, sums)
 
 
 def _weight_terms(ctx: _Context, layer: LayerInfo, x, gy, feeds: list[_Feed], sums) -> None:
@@ -400,17 +407,18 @@ def _weight_terms(ctx: _Context, layer: LayerInfo, x, gy, feeds: list[_Feed], su
     name, q = layer.name, ctx.quantized
     deltas = ctx.deltas[name][q]  # (n_quantized_bits, C, fan_in)
     step = _chunk(layer)
+    diag = any("diag" in pas.weight for pas, _ in feeds)
+    block = any({"block", "block_total"} & set(pas.weight) for pas, _ in feeds)
     for s in range(0, x.shape[0], step):
         G = per_sample_grads(layer, x[s : s + step], gy[s : s + step], ctx.dtype)
-        sq = dd = None
+        # (G_n,c . Δ_b,c)^2 of every sample, bit option and channel: (n, bits, C)
+        dd = torch.einsum("nck,bck->nbc", G, deltas).square_() if block else None
+        sq = G.square_() if diag else None
         for pas, mask in feeds:
             m = None if mask is None else mask[s : s + step]
             if "diag" in pas.weight:
-                sq = G * G if sq is None else sq
                 sums.diag[name] += sq.sum(0) if m is None else torch.einsum("n,nck->ck", m, sq)
             if {"block", "block_total"} & set(pas.weight):
-                if dd is None:  # (G_n,c . Δ_b,c)^2, shape (n, bits, C)
-                    dd = torch.einsum("nck,bck->nbc", G, deltas).square_()
                 per_bit = dd.sum(0) if m is None else torch.einsum("n,nbc->bc", m, dd)
                 if "block" in pas.weight:
                     sums.block[name][q] += per_bit
@@ -421,23 +429,32 @@ def _weight_terms(ctx: _Context, layer: LayerInfo, x, gy, feeds: list[_Feed], su
 def _act_terms(ctx: _Context, inputs, gxs, feeds: list[_Feed], sums: _Sums) -> None:
     """Activation terms: per sample, ``g · (Q_b(x) - x)`` summed over the consumers of a group
     (block) or ``Σ (g_i (Q_b(x)_i - x_i))²`` (diagonal)."""
-    graph, a_bits = ctx.graph, ctx.a_bits
+    graph = ctx.graph
     for pas, mask in feeds:
-        group_d = {g: None for g in graph.act_groups}
+        group_d = {}
         for layer in graph.layers:
-            xin, gx = inputs[layer.name].float(), gxs[layer.name].float()
-            group = layer.act_group
-            terms = torch.zeros(xin.shape[0], len(a_bits), device=xin.device)
-            for j, b in enumerate(a_bits):
-                if b >= 16:
-                    continue
-                clip, signed = ctx.act_clips[group][b], ctx.act_signed[group]
-                prod = (gx * (quantize_activation(xin, b, clip, signed) - xin)).flatten(1)
-                terms[:, j] = prod.sum(1) if pas.act == "block" else prod.square().sum(1)
+            terms = _act_layer_terms(ctx, layer, inputs[layer.name], gxs[layer.name], pas.act)
             if pas.act == "block":
-                group_d[group] = terms if group_d[group] is None else group_d[group] + terms
+                prev = group_d.get(layer.act_group)
+                group_d[layer.act_group] = terms if prev is None else prev + terms
             else:
-                sums.act[group] += terms.sum(0) if mask is None else mask @ terms
+                sums.act[layer.act_group] += terms.sum(0) if mask is None else mask @ terms
         for g, d in group_d.items():
-            if d is not None:
-                sums.act[g] += (d * d).sum(0) if mask is None else mask @ (d * d)
+            sums.act[g] += (d * d).sum(0) if mask is None else mask @ (d * d)
+
+
+def _act_layer_terms(ctx: _Context, layer: LayerInfo, xin, gx, mode: str) -> torch.Tensor:
+    """(B, n_abits) per-sample ``g · err`` (block) or ``Σ (g_i err_i)²`` (diag) of one consumer."""
+    xin, gx = xin.float(), gx.float().flatten(1)
+    group = layer.act_group
+    terms = torch.zeros(xin.shape[0], len(ctx.a_bits), device=xin.device)
+    for j, b in enumerate(ctx.a_bits):
+        if b >= 16:
+            continue
+        clip, signed = ctx.act_clips[group][b], ctx.act_signed[group]
+        err = quantize_activation(xin, b, clip, signed).sub_(xin).flatten(1)
+        if mode == "block":  # per-sample dot products, without forming the products
+            terms[:, j] = torch.bmm(gx.unsqueeze(1), err.unsqueeze(2)).flatten()
+        else:
+            terms[:, j] = err.mul_(gx).square_().sum(1)
+    return terms
