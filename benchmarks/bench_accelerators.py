@@ -20,7 +20,7 @@ table costs) vs measured end-to-end latency of a deployable ResNet-56 (int8 laye
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/bench_accelerators.py
+    python benchmarks/bench_accelerators.py
 
 Writes ``benchmarks/results/accelerators.md`` and ``.json``; the work directory (default
 ``/tmp/hawq_bench_accel``) keeps the sensitivity cache and the profile.
@@ -632,7 +632,7 @@ def main() -> int:
     ap.add_argument("--part3-runs", type=int, default=3, help="independent profile + timing runs")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accelerators"))
     args = ap.parse_args()
-    cmd = "/work/venv/bin/python benchmarks/bench_accelerators.py" + (
+    cmd = "python benchmarks/bench_accelerators.py" + (
         " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
     )
     torch.set_num_threads(min(torch.get_num_threads(), 2) or 1)

@@ -1,6 +1,6 @@
 """End-to-end wall time of the CLI, in a fresh subprocess (imports included).
 
-    /work/venv/bin/hawq-search run --budget-mb 0.5 --dataset imagefolder \
+    hawq-search run --budget-mb 0.5 --dataset imagefolder \
         --data-dir ../shared/data/cifar10-lossless --weights-dir ../shared/weights \
         --out <fresh tmp dir> --quiet
 
@@ -10,7 +10,7 @@ plan bytes, the CLI's own timings).
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/bench_end_to_end.py
+    python benchmarks/bench_end_to_end.py
 
 writes ``benchmarks/results/end_to_end.md`` and ``.json``; ``--quick`` (one run, --eval-size 200)
 writes into ``/tmp`` instead.
