@@ -5,7 +5,9 @@
         --out <fresh tmp dir> --quiet
 
 (ResNet-56, evaluation on the 1,000 exact-pixel test images), 3 runs after ``wait_for_idle()``,
-median; then one run with ``--abits 32``. Each run's ``summary.json`` is parsed (top-1,
+median; then one run with ``--abits 32``, and 3 runs with torch's and oneDNN's kernels restricted
+to AVX2 (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``: a CPU without native bf16, where
+``--precision auto`` picks fp32). Each run's ``summary.json`` is parsed (top-1,
 plan bytes, the CLI's own timings).
 
 Run from the repository root::
@@ -35,6 +37,7 @@ from _common import (  # noqa: E402
     RESULTS,
     WEIGHTS,
     Header,
+    display_path,
     idle_record,
     log,
     md_table,
@@ -47,7 +50,12 @@ CLI = str(Path(sys.executable).with_name("hawq-search"))
 TARGET = "Target: <= 60 s wall time for the default run (ResNet-56, 0.5 MB), imports included."
 
 
-def run_cli(extra: list[str], quick: bool) -> dict:
+# A CPU without AVX-512 and native bf16, on this hardware: torch's and oneDNN's kernels
+# restricted to AVX2 (``precision=auto`` then picks fp32, as on a Zen 3 or an older Xeon).
+NO_BF16_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def run_cli(extra: list[str], quick: bool, env: dict | None = None) -> dict:
     out = tempfile.mkdtemp(prefix="hawq_e2e_")
     cmd = [
         CLI,
@@ -69,10 +77,13 @@ def run_cli(extra: list[str], quick: bool) -> dict:
         cmd += ["--eval-size", "200"]
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     rec = {
-        "cmd": shlex.join(cmd).replace(out, "<fresh tmp dir>"),
+        "cmd": shlex.join(
+            [*(f"{k}={v}" for k, v in (env or {}).items()), "hawq-search"]
+            + [display_path(a) if os.path.isabs(a) and a != out else a for a in cmd[1:]]
+        ).replace(out, "<fresh tmp dir>"),
         "returncode": proc.returncode,
         "wall_s": wall,
         "load1_start": round(load0, 2),
@@ -95,6 +106,7 @@ def run_cli(extra: list[str], quick: bool) -> dict:
             "eval_images": s["eval_images"],
             "calib_images": s["calib_images"],
             "sensitivity_cached": s["sensitivity_cached"],
+            "runtime": s.get("runtime", {}),
         }
     )
     log(f"wall {wall:.1f} s, top1 {s['top1']}, timings {s['timings_s']}")
@@ -106,7 +118,7 @@ def render(data: dict) -> str:
     for label, runs in data["runs"].items():
         for k, r in enumerate(runs, 1):
             if r["returncode"] != 0:
-                rows.append([label, k, f"{r['wall_s']:.1f}", f"exit {r['returncode']}"] + [""] * 8)
+                rows.append([label, k, f"{r['wall_s']:.1f}", f"exit {r['returncode']}"] + [""] * 9)
                 continue
             t = r["timings_s"]
             rows.append(
@@ -122,6 +134,7 @@ def render(data: dict) -> str:
                     f"{t['sensitivity']:.1f}",
                     f"{t['search']:.1f}",
                     f"{t['evaluation']:.1f}",
+                    r.get("runtime", {}).get("precision", "?"),
                     f"{r['load1_start']} / {r['load1_end']}",
                 ]
             )
@@ -138,7 +151,7 @@ def render(data: dict) -> str:
             "is cached):",
             "",
             "```",
-            first["cmd"],
+            *(runs[0]["cmd"] for runs in data["runs"].values()),
             "```",
             "",
             f"Before timing: wait_for_idle: load seen {data['idle']['load_seen']} (idle: "
@@ -164,6 +177,7 @@ def render(data: dict) -> str:
                     "sensitivity (s)",
                     "search (s)",
                     "evaluation (s)",
+                    "precision (auto)",
                     "1-min load start / end",
                 ],
                 rows,
@@ -186,6 +200,9 @@ def main() -> None:
     repeats = args.runs or (1 if args.quick else 3)
     data["runs"] = {"default (A8)": [run_cli([], args.quick) for _ in range(repeats)]}
     data["runs"]["--abits 32"] = [run_cli(["--abits", "32"], args.quick)]
+    data["runs"]["default, no native bf16 (AVX2 kernels)"] = [
+        run_cli([], args.quick, NO_BF16_ENV) for _ in range(repeats)
+    ]
     data["median_wall_s"] = {k: median([r["wall_s"] for r in v]) for k, v in data["runs"].items()}
     out_dir = Path("/tmp/hawq_bench_quick") if args.quick else RESULTS
     title = "End-to-end CLI wall time" + (" (QUICK smoke test)" if args.quick else "")

@@ -366,17 +366,22 @@ def fp32_training_step(model, batch=SPEED_BATCH):
 
 def speed_entries(model, graph, calib, clips, signed, precisions) -> list[dict]:
     """Every timed computation: key, description, and a function of the data set."""
+    from hawq_search.runtime import cpu_has_native_bf16
+
     entries = [
         {"key": "vmap", "impl": "torch.func vmap(grad) diagonal Fisher", "precision": "fp32",
-         "abits": None, "run": lambda d: vmap_diag_fisher(model, graph, d, SPEED_WBITS)},
+         "abits": None, "once": False,
+         "run": lambda d: vmap_diag_fisher(model, graph, d, SPEED_WBITS)},
         {"key": "train", "impl": "one FP32 training step", "precision": "fp32", "abits": None,
-         "run": fp32_training_step(model)},
+         "once": False, "run": fp32_training_step(model)},
     ]  # fmt: skip
+    # Emulated bf16 runs 5-10x slower than fp32: timed once, at the first thread count only.
+    emulated = not cpu_has_native_bf16()
     for prec, label in precisions:
         for method in ("fisher-diag", "fisher"):
             for abits in ((32,), (8,)):
-                if prec == "bf16" and abits != (32,):
-                    continue  # emulated bf16 is slow: one activation setting is enough
+                if prec == "bf16" and emulated and abits != (32,):
+                    continue  # one activation setting is enough for the slow emulation
 
                 def run(d, method=method, abits=abits, prec=prec):
                     return fisher_sensitivity(
@@ -386,7 +391,8 @@ def speed_entries(model, graph, calib, clips, signed, precisions) -> list[dict]:
 
                 entries.append(
                     {"key": f"{method}/{prec}/a{abits[0]}", "impl": f"`{method}`",
-                     "method": method, "precision": label, "abits": list(abits), "run": run}
+                     "method": method, "precision": label, "abits": list(abits), "run": run,
+                     "once": prec == "bf16" and emulated}
                 )  # fmt: skip
     return entries
 
@@ -403,57 +409,81 @@ def _timed(entry, data) -> dict:
 
 
 def run_speed(args) -> dict:
-    """Interleaved rounds: every computation once per round, in an order rotated each round,
-    so a change of machine load hits all of them alike; medians and per-round ratios to vmap."""
+    """Interleaved rounds: every computation at every thread count once per round, in an order
+    rotated each round, so a change of machine load hits all of them alike; medians and
+    per-round ratios to the vmap time at the same thread count."""
     from hawq_search.runtime import cpu_description, resolve_runtime
 
     auto = resolve_runtime("cpu", "auto")
-    precisions = [(auto.precision, f"{auto.precision} (auto)")]
-    precisions += [(p, f"{p} (forced)") for p in ("fp32", "bf16") if p != auto.precision]
+    wanted = args.speed_precisions.split(",")
+    precisions = [(auto.precision, f"{auto.precision} (auto)")] if "auto" in wanted else []
+    precisions += [
+        (p, f"{p} (forced)") for p in ("fp32", "bf16") if p in wanted and p != auto.precision
+    ]
+    threads = [int(t) for t in args.speed_threads.split(",")]
     model, graph, calib, clips, signed = speed_inputs(args.speed_images)
-    entries = speed_entries(model, graph, calib, clips, signed, precisions)
+    entries = [
+        {**e, "threads": t, "key": f"{e['key']}/t{t}"}
+        for t in threads
+        for e in speed_entries(model, graph, calib, clips, signed, precisions)
+        if not (e["once"] and t != threads[0])
+    ]
     warm = TensorData(calib.images[:SPEED_BATCH], calib.labels[:SPEED_BATCH],
                       list(calib.indices[:SPEED_BATCH]), calib.source)  # fmt: skip
     for e in entries:  # first calls pay for kernel selection and allocation
+        torch.set_num_threads(e["threads"])
         e["run"](warm)
     idle = idle_record(timeout_s=args.idle_timeout)
-    times: dict[str, list] = {e["key"]: [] for e in entries}
-    loads: dict[str, list] = {e["key"]: [] for e in entries}
-    outs = {}
-    for r in range(args.repeats):
-        order = entries[r % len(entries) :] + entries[: r % len(entries)]
-        for e in order:
-            t = _timed(e, calib)
-            times[e["key"]].append(t["s"])
-            loads[e["key"]].append(t["load1"])
-            outs[e["key"]] = t["out"]
-        log(f"speed round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items()))
-    rows = []
-    for e in entries:
-        k = e["key"]
-        ratios = [a / b for a, b in zip(times[k], times["vmap"], strict=True)]
-        row = {key: e[key] for key in ("key", "impl", "precision", "abits")}
-        row.update(times_s=times[k], median_s=median(times[k]), ratio_per_round=ratios,
-                   ratio_median=median(ratios), loadavg1_before_after=loads[k])  # fmt: skip
-        target = SPEED_TARGETS.get(e.get("method"))
-        if target is not None and e["precision"].endswith("(auto)"):
-            row["target_ratio"] = target
-            row["met"] = row["ratio_median"] <= target
-        rows.append(row)
+    times, loads, outs = _speed_rounds(entries, calib, args.repeats)
+    torch.set_num_threads(args.threads or THREADS)
     return {
         "model": SPEED_MODEL, "images": len(calib), "batch_size": SPEED_BATCH,
-        "w_bits": list(SPEED_WBITS), "cpu": cpu_description(), "threads": torch.get_num_threads(),
-        "auto_precision": auto.precision, "auto_reason": auto.reason, "idle": idle,
-        "rows": rows, "agreement": speed_agreement(outs),
+        "w_bits": list(SPEED_WBITS), "cpu": cpu_description(), "threads": threads,
+        "nproc": os.cpu_count(), "auto_precision": auto.precision, "auto_reason": auto.reason,
+        "idle": idle, "rows": [_speed_row(e, times, loads) for e in entries],
+        "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
+        "agreement": speed_agreement(outs, threads[0]),
         "loadavg_end": [round(v, 2) for v in os.getloadavg()],
     }  # fmt: skip
 
 
-def speed_agreement(outs: dict) -> dict:
+def _speed_rounds(entries, data, rounds):
+    times: dict[str, list] = {e["key"]: [] for e in entries}
+    loads: dict[str, list] = {e["key"]: [] for e in entries}
+    outs = {}
+    for r in range(rounds):
+        k = r * max(1, len(entries) // rounds)
+        for e in entries[k:] + entries[:k]:
+            if e["once"] and r > 0:
+                continue
+            torch.set_num_threads(e["threads"])
+            t = _timed(e, data)
+            times[e["key"]].append(t["s"])
+            loads[e["key"]].append(t["load1"])
+            outs[e["key"]] = t["out"]
+        log(f"speed round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in times.items()))
+    return times, loads, outs
+
+
+def _speed_row(e: dict, times: dict, loads: dict) -> dict:
+    k = e["key"]
+    base = times[f"vmap/t{e['threads']}"][: len(times[k])]
+    ratios = [a / b for a, b in zip(times[k], base, strict=True)]
+    row = {key: e[key] for key in ("key", "impl", "precision", "abits", "threads")}
+    row.update(times_s=times[k], median_s=median(times[k]), ratio_per_round=ratios,
+               ratio_median=median(ratios), loadavg1_before_after=loads[k])  # fmt: skip
+    target = SPEED_TARGETS.get(e.get("method"))
+    if target is not None and e["precision"].endswith("(auto)"):
+        row["target_ratio"] = target
+        row["met"] = row["ratio_median"] <= target
+    return row
+
+
+def speed_agreement(outs: dict, threads: int) -> dict:
     """Per-(layer, channel, bit) relative difference of the library's fp32 `fisher-diag` weight
     table and the vmap baseline (the same quantity computed two ways)."""
-    ref = outs["vmap"]
-    ours = outs.get("fisher-diag/fp32/a32")
+    ref = outs[f"vmap/t{threads}"]
+    ours = outs.get(f"fisher-diag/fp32/a32/t{threads}")
     if ours is None:
         return {}
     a = np.concatenate([ours.weight[k].ravel() for k in ref])
@@ -467,26 +497,44 @@ def speed_agreement(outs: dict) -> dict:
     }
 
 
+# Environment variables that restrict the instruction sets torch and oneDNN use: set to run the
+# benchmark as on a CPU without native bf16 (e.g. ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2).
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
 def render_speed(s: dict) -> str:
     idle = s["idle"]
+    restricted = ", ".join(f"{k}={v}" for k, v in s.get("isa_env", {}).items())
     lines = [
-        f"CPU: {s['cpu']}; torch threads {s['threads']}; `precision=\"auto\"` resolves to "
-        f"{s['auto_precision']} here ({s['auto_reason']}).",
+        f"CPU: {s['cpu']}; torch threads timed: {', '.join(map(str, s['threads']))}; "
+        f"`precision=\"auto\"` resolves to {s['auto_precision']} here ({s['auto_reason']}).",
         "",
+        *(
+            [
+                f"Instruction sets restricted by {restricted}: torch's and oneDNN's kernels run "
+                "as on a CPU without AVX-512 and native bf16, on the same hardware.",
+                "",
+            ]
+            if restricted
+            else []
+        ),
         f"{s['model']}, {s['images']} seeded images of lossless/train, batch {s['batch_size']}, "
-        f"w_bits {','.join(map(str, s['w_bits']))}. Every computation runs once per round, in an "
-        f"order rotated each round, {len(s['rows'][0]['times_s'])} rounds after one untimed "
-        "warm-up call each; the ratio is the median over rounds of (time / vmap time of the same "
-        f"round). Load: after wait_for_idle {idle['load_seen']} (idle: {idle['idle']}, waited "
-        f"{idle['waited_s']} s); 1/5/15-min load at the end {s['loadavg_end']}; the 1-min load "
-        "before each call is in the table.",
+        f"w_bits {','.join(map(str, s['w_bits']))}. Every computation runs once per round at "
+        f"every thread count, in an order rotated each round, {len(s['rows'][0]['times_s'])} "
+        "rounds after one untimed warm-up call each (bf16 where the CPU emulates it: once, "
+        "in the first round, at the first thread count); the ratio is the median over rounds of "
+        "(time / vmap time at the same thread count in the same round). Load: after "
+        f"wait_for_idle {idle['load_seen']} (idle: {idle['idle']}, waited {idle['waited_s']} s); "
+        f"1/5/15-min load at the end {s['loadavg_end']}; the 1-min load before each call is in "
+        "the table (a load above the core count means other jobs shared the cores).",
         "",
         md_table(
-            ["computation", "precision", "abits", "runs (s)", "median (s)", "ratio to vmap",
-             "target", "1-min load before"],
+            ["computation", "threads", "precision", "abits", "runs (s)", "median (s)",
+             "ratio to vmap", "target", "1-min load before"],
             [
                 [
-                    r["impl"], r["precision"], ",".join(map(str, r["abits"] or [])) or "-",
+                    r["impl"], r["threads"], r["precision"],
+                    ",".join(map(str, r["abits"] or [])) or "-",
                     ", ".join(f"{x:.2f}" for x in r["times_s"]), f"{r['median_s']:.2f}",
                     f"{r['ratio_median']:.2f}",
                     (f"<= {r['target_ratio']} ({'met' if r['met'] else 'missed'})"
@@ -510,10 +558,10 @@ def render_speed(s: dict) -> str:
     return "\n".join(lines)
 
 
-def write_speed(header: Header, speed: dict, out_dir: Path) -> Path:
-    """``sensitivity_speed.md`` (first line: the command) and ``.json``."""
+def write_speed(header: Header, speed: dict, out_dir: Path, name: str) -> Path:
+    """``<name>.md`` (first line: the command) and ``.json``."""
     md, js = write_results(
-        "sensitivity_speed", header, "Sensitivity speed: Fisher estimators vs torch.func vmap",
+        name, header, "Sensitivity speed: Fisher estimators vs torch.func vmap",
         render_speed(speed), {"speed": speed}, out_dir,
     )  # fmt: skip
     md.write_text(_command() + "\n\n" + md.read_text())
@@ -737,6 +785,13 @@ def main() -> None:
         "--speed-images", type=int, default=None, help="speed part images (default 512)"
     )
     ap.add_argument(
+        "--speed-threads", default="2", help="comma list of torch thread counts (speed part)"
+    )
+    ap.add_argument("--speed-precisions", default="auto,fp32,bf16", help="comma list (speed part)")
+    ap.add_argument(
+        "--speed-name", default="sensitivity_speed", help="results file name (speed part)"
+    )
+    ap.add_argument(
         "--heldout-limit",
         type=int,
         default=None,
@@ -796,7 +851,7 @@ def main() -> None:
     if "sens-times" in parts:
         data["sens_times"] = run_sens_times(args, tmp)
     if "speed" in parts:
-        log(f"wrote {write_speed(header, run_speed(args), out_dir)}")
+        log(f"wrote {write_speed(header, run_speed(args), out_dir, args.speed_name)}")
     if "fidelity" in parts or "sens-times" in parts:
         data["missing"] = missing
         md, js = write_results(

@@ -70,10 +70,30 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether the CPU executes bfloat16 arithmetic natively (x86 AVX512_BF16 / AMX-BF16, Arm
-    BF16); an unknown CPU counts as not native."""
+    """Whether bfloat16 arithmetic runs natively: the CPU has the instructions (x86 AVX512_BF16
+    / AMX-BF16, Arm BF16) *and* the kernels may use them. On x86, torch's own kernels need the
+    AVX512 capability (``ATEN_CPU_CAPABILITY=avx2`` turns it off) and oneDNN's convolutions need
+    an ISA cap of at least AVX512_CORE_BF16 (``ONEDNN_MAX_CPU_ISA``); below either, bf16 is
+    emulated and slower than fp32. An unknown CPU counts as not native."""
     flags = _cpu_flags()
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return _x86_kernels_use_avx512() and _onednn_isa_allows_bf16()
+    return "bf16" in flags  # Arm (Features line)
+
+
+def _x86_kernels_use_avx512() -> bool:
+    return str(torch.backends.cpu.get_cpu_capability()).upper().startswith(("AVX512", "AMX"))
+
+
+# oneDNN ISA names in increasing order (ONEDNN_MAX_CPU_ISA); bf16 arithmetic from avx512_core_bf16.
+_ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX",
+                     "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16",
+                     "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")  # fmt: skip
+
+
+def _onednn_isa_allows_bf16() -> bool:
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap is None or cap.strip().upper() in _ONEDNN_BF16_ISAS
 
 
 @lru_cache(maxsize=1)
@@ -139,7 +159,9 @@ def _precision(spec: str, device: torch.device) -> tuple[str, str]:
     if device.type == "cpu":
         if cpu_has_native_bf16():
             return "bf16", "CPU runs bf16 natively (AVX512_BF16/AMX)"
-        return "fp32", "CPU emulates bf16 (no AVX512_BF16/AMX flag): fp32 is faster"
+        return "fp32", (
+            "CPU emulates bf16 (no AVX512_BF16/AMX, or kernels restricted below it): fp32 is faster"
+        )
     return "fp32", f"{device.type}: fp32 by default"
 
 

@@ -21,6 +21,32 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch):
     assert rt.precision == "fp32" and "emulates" in rt.reason
 
 
+@pytest.mark.parametrize(
+    ("flags", "capability", "isa_cap", "native"),
+    [
+        ({"avx2"}, "AVX2", None, False),  # Zen 3: no bf16 instructions
+        ({"avx512f", "avx512_bf16"}, "AVX512", None, True),  # Zen 4 / Cooper Lake
+        ({"avx512f", "amx_bf16"}, "AVX512", "AVX512_CORE_AMX", True),  # Sapphire Rapids
+        ({"avx512f", "avx512_bf16"}, "AVX2", None, False),  # ATEN_CPU_CAPABILITY=avx2
+        ({"avx512f", "avx512_bf16"}, "AVX512", "AVX2", False),  # oneDNN capped below bf16
+        ({"avx512f", "avx512_bf16"}, "AVX512", "avx512_core", False),
+        ({"fp", "asimd", "bf16"}, "DEFAULT", None, True),  # Arm with BF16
+        (set(), "DEFAULT", None, False),  # unknown CPU
+    ],
+)
+def test_native_bf16_needs_instructions_and_kernels_allowed_to_use_them(
+    monkeypatch, flags, capability, isa_cap, native
+):
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if isa_cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
+    assert runtime.cpu_has_native_bf16() is native
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_forced_precision_is_kept_and_recorded(precision):
     rt = resolve_runtime("cpu", precision)

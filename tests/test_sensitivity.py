@@ -3,6 +3,8 @@ format and the Pipeline's sensitivity cache."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from hawq_search.graph.trace import trace_model
 from hawq_search.models.registry import LoadedModel
 from hawq_search.models.weights import Preprocess
 from hawq_search.pipeline import Pipeline
+from hawq_search.quant.activation import quantize_activation
 from hawq_search.quant.weight import quantize_per_channel
 from hawq_search.sensitivity import (
     SensitivityTable,
@@ -26,6 +29,7 @@ from hawq_search.sensitivity import (
     per_sample_grads,
     weight_deltas,
 )
+from hawq_search.sensitivity.fisher import layer_weight_deltas
 
 W_BITS = (2, 3, 4, 8, 16)
 A_BITS = (4, 8, 32)
@@ -315,3 +319,216 @@ def test_session_hessian_reuses_fisher_for_activations(tmp_path):
     fisher = _session(tmp_path, hessian_probes=2).sensitivity("fisher")
     assert fisher.meta["cached"]
     assert all(np.array_equal(t.act[g], fisher.act[g]) for g in t.act)
+
+
+# ---- fast paths against straightforward per-sample gradients -------------------------------
+
+
+class OddNet(nn.Module):
+    """Convs the fast paths must get right beyond TinyNet's: dilated, unpadded stride-2,
+    non-square kernels, a depthwise conv with a channel multiplier, a 1x1 stride-2 conv, and a
+    Linear over a (tokens, features) input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=2, dilation=2)
+        self.c2 = nn.Conv2d(6, 8, 3, stride=2, padding=0, bias=False)
+        self.c3 = nn.Conv2d(8, 8, (3, 1), padding=(1, 0), dilation=(1, 1), groups=2)
+        self.dw = nn.Conv2d(8, 16, 5, padding=2, groups=8, bias=False)
+        self.c4 = nn.Conv2d(16, 6, 1, stride=2)
+        self.tok = nn.Linear(6, 5)
+        self.fc = nn.Linear(20, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        x = torch.tanh(self.c2(x))
+        x = torch.relu(self.c3(x))
+        x = torch.relu(self.dw(x))
+        x = self.c4(x)
+        t = nn.functional.adaptive_avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # (B, 4, 6)
+        return self.fc(torch.relu(self.tok(t)).flatten(1))
+
+
+def _reference_terms(model, graph, data, w_bits, a_bits, clips, signed, batch, labels_for):
+    """Per-sample weight gradients and per-consumer input gradients by one autograd call per
+    sample (weights requiring grad, no per_sample_grads), and from them the sums every method
+    needs: {labels kind: (diag, block, act_block, act_diag)} before the 0.5/n scaling."""
+    modules = dict(model.named_modules())
+    weights = [modules[layer.name].weight for layer in graph.layers]
+    deltas = [weight_deltas(w, w_bits) for w in weights]
+    for w in weights:
+        w.requires_grad_(True)
+    inputs, aliases = {}, {}
+
+    def pre(name):
+        def hook(_m, args):
+            inputs[name] = args[0].detach()
+            aliases[name] = args[0].view_as(args[0])
+            return (aliases[name],)
+
+        return hook
+
+    handles = [
+        modules[layer.name].register_forward_pre_hook(pre(layer.name)) for layer in graph.layers
+    ]
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for x, y in data.batches(batch):
+            logits = model(x.clone().requires_grad_(True))
+            labels = labels_for(logits, y, gen)
+            for kind, lab in labels.items():
+                acc = out.setdefault(kind, _RefSums(graph, deltas, len(a_bits)))
+                for n in range(x.shape[0]):
+                    loss = nn.functional.cross_entropy(logits[n : n + 1], lab[n : n + 1])
+                    wanted = weights + [aliases[layer.name] for layer in graph.layers]
+                    grads = torch.autograd.grad(loss, wanted, retain_graph=True)
+                    acc.add(graph, grads, inputs, n, a_bits, clips, signed)
+    finally:
+        for h in handles:
+            h.remove()
+        for w in weights:
+            w.requires_grad_(False)
+    return out, deltas
+
+
+class _RefSums:
+    def __init__(self, graph, deltas, n_abits):
+        self.diag = [torch.zeros(d.shape[1:]) for d in deltas]
+        self.block = [torch.zeros(d.shape[:2]) for d in deltas]
+        self.act_block = {g: torch.zeros(n_abits) for g in graph.act_groups}
+        self.act_diag = {g: torch.zeros(n_abits) for g in graph.act_groups}
+        self.deltas = deltas
+
+    def add(self, graph, grads, inputs, n, a_bits, clips, signed):
+        n_layers = len(graph.layers)
+        for i in range(n_layers):
+            G = grads[i].reshape(grads[i].shape[0], -1)
+            self.diag[i] += G * G
+            self.block[i] += torch.einsum("ck,bck->bc", G, self.deltas[i]) ** 2
+        per_group = {g: torch.zeros(len(a_bits)) for g in graph.act_groups}
+        for layer, gx in zip(graph.layers, grads[n_layers:], strict=True):
+            g, xin = layer.act_group, inputs[layer.name][n]
+            for j, b in enumerate(a_bits):
+                if b < 16:
+                    err = quantize_activation(xin, b, clips[g][b], signed[g]) - xin
+                    per_group[g][j] += (gx[n] * err).sum()
+                    self.act_diag[g][j] += ((gx[n] * err) ** 2).sum()
+        for g, v in per_group.items():
+            self.act_block[g] += v * v
+
+
+def _expected(method, ref, deltas, graph, n):
+    """Expected table (weight {layer: (C, bits)}, act {group: (bits,)}) of ``method``."""
+    true, sampled = ref["true"], ref.get("sampled")
+    weight, act = {}, {}
+    for i, layer in enumerate(graph.layers):
+        d = deltas[i]
+        diag = 0.5 * torch.einsum("ck,bck->bc", true.diag[i] / n, d * d)
+        if method == "fisher-diag":
+            est = diag
+        elif method == "empirical-fisher":
+            est = 0.5 * true.block[i] / n
+        elif method == "sampled-fisher":
+            est = 0.5 * sampled.block[i] / n
+        else:
+            total = 0.5 * sampled.block[i].sum(1, keepdim=True) / n
+            share = diag.sum(1, keepdim=True)
+            est = torch.where(share > 0, diag * total / share.clamp_min(1e-30), 0.0)
+        weight[layer.name] = est.T.double().numpy()
+    src = {"fisher-diag": true.act_diag, "empirical-fisher": true.act_block}.get(
+        method, sampled.act_block if sampled is not None else None
+    )
+    for g in graph.act_groups:
+        act[g] = (0.5 * src[g] / n).double().numpy()
+    return weight, act
+
+
+def _sampled_labels(logits, y, gen):
+    probs = logits.detach().float().softmax(1)
+    return {"true": y, "sampled": torch.multinomial(probs, 1, generator=gen).squeeze(1)}
+
+
+def _assert_same(got, want, what):
+    for k in want:
+        a, b = np.asarray(got[k]), np.asarray(want[k])
+        scale = np.abs(b).max()
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-7 * scale + 1e-30), (what, k, a, b)
+
+
+@functools.cache
+def _reference_case(net: str):
+    """Model, graph, data, clips and the straightforward sums of one test network (cached: the
+    reference does not depend on the method)."""
+    model = tiny_net() if net == "tiny" else _odd_net()
+    data = synthetic_data(40, seed=3)
+    graph = trace_model(model, torch.zeros(1, 3, 16, 16))
+    stats = collect_act_stats(model, graph, data)
+    clips = act_clips(stats, (4, 8))
+    signed = {g: s.signed for g, s in stats.items()}
+    ref = _reference_terms(model, graph, data, W_BITS, A_BITS, clips, signed, 16, _sampled_labels)
+    return model, graph, data, clips, signed, ref
+
+
+@pytest.mark.parametrize("net", ["tiny", "odd"])
+@pytest.mark.parametrize("method", ["fisher", "empirical-fisher", "fisher-diag", "sampled-fisher"])
+@pytest.mark.parametrize("max_chunk", [32, 5])
+def test_fast_paths_equal_straightforward_per_sample_gradients(net, method, max_chunk, monkeypatch):
+    from hawq_search.sensitivity import fisher as fisher_mod
+
+    monkeypatch.setattr(fisher_mod, "_MAX_CHUNK", max_chunk)  # several chunks per batch too
+    model, graph, data, clips, signed, (ref, deltas) = _reference_case(net)
+    t = fisher_sensitivity(
+        model, graph, data, W_BITS, A_BITS, clips, signed, method=method, batch_size=16,
+        precision="fp32", seed=0,
+    )  # fmt: skip
+    weight, act = _expected(method, ref, deltas, graph, len(data))
+    _assert_same(t.weight, weight, "weight")
+    _assert_same(t.act, act, "act")
+
+
+def _odd_net() -> OddNet:
+    torch.manual_seed(0)
+    return OddNet().eval()
+
+
+def test_fisher_with_a_user_loss_shares_the_single_backward():
+    """With a user loss the sampled-label pass uses the targets: every sample's gradients are
+    shared between the two statistics, and the table still equals the reference."""
+    model, graph, data, clips, signed, (ref, deltas) = _reference_case("tiny")
+
+    def ce(out, y):
+        return nn.functional.cross_entropy(out, y, reduction="none")
+
+    t = fisher_sensitivity(
+        model, graph, data, W_BITS, A_BITS, clips, signed, method="fisher", batch_size=16,
+        loss_fn=ce,
+    )  # fmt: skip
+    both_true = {"true": ref["true"], "sampled": ref["true"]}
+    weight, act = _expected("fisher", both_true, deltas, graph, len(data))
+    _assert_same(t.weight, weight, "weight")
+    _assert_same(t.act, act, "act")
+
+
+def test_layer_weight_deltas_equal_per_layer_weight_deltas():
+    for model, size in ((tiny_net(), 16), (_odd_net(), 16)):
+        graph = trace_model(model, torch.zeros(1, 3, size, size))
+        modules = dict(model.named_modules())
+        fast = layer_weight_deltas(model, graph, (2, 3, 4, 8, 16))
+        for layer in graph.layers:
+            want = weight_deltas(modules[layer.name].weight, (2, 3, 4, 8, 16))
+            assert torch.equal(fast[layer.name], want), layer.name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_sample_grads_of_a_batch_slice_equal_autograd(dtype):
+    """The grouped-convolution formulation on a non-contiguous-looking slice of a batch."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(6, 4, 3, stride=2, padding=1, dilation=2, groups=2)
+    layer = trace_model(nn.Sequential(conv), torch.zeros(1, 6, 12, 12)).layers[0]
+    x = torch.randn(10, 6, 12, 12)
+    gy = torch.randn(10, *layer.output_shape)
+    got = per_sample_grads(layer, x[3:8], gy[3:8], dtype)
+    ref = _autograd_per_sample(conv, x[3:8], gy[3:8])
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(got, ref, atol=tol * ref.abs().max(), rtol=tol)

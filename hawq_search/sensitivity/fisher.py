@@ -1,9 +1,12 @@
-"""Fisher sensitivities from per-sample gradients, one forward and one or two backwards per batch.
+"""Fisher sensitivities from per-sample gradients: one forward and one backward per batch.
 
 For every quantizable layer the per-sample weight gradient ``G_n`` (shape ``C_out x fan_in``) is
-rebuilt from the layer input and output gradient that one ordinary backward pass provides
-(``G_n = dy_n · x_n`` summed over kernel taps), instead of running a vmap over samples.
-Parameters do not require grad, so autograd never forms the batch weight gradient.
+rebuilt from the layer input and output gradient that one ordinary backward pass provides, a
+few samples at a time (:func:`per_sample_grads`: one grouped-convolution weight gradient per
+chunk), squared and contracted while still in cache, instead of running a vmap over samples.
+Parameters do not require grad, so autograd never forms the batch weight gradient. On a 2-core
+AVX2 EPYC this costs about one FP32 training step over the same images
+(benchmarks/results/sensitivity_speed.md).
 
 Estimates of the loss increase caused by a weight perturbation ``Δ = Q_b(W) - W``, for every
 output channel ``c`` and bit option ``b``:
@@ -16,7 +19,9 @@ output channel ``c`` and bit option ``b``:
 Methods: ``fisher-diag`` (diagonal, true labels -- the textbook empirical-Fisher formula),
 ``empirical-fisher`` (block, true labels), ``sampled-fisher`` (block, sampled labels) and the
 default ``fisher``, which takes each layer's total from ``sampled-fisher`` and spreads it over the
-layer's channels in proportion to ``fisher-diag`` (two backward passes per batch).
+layer's channels in proportion to ``fisher-diag``. Its two statistics share one backward pass:
+a sample whose sampled label equals its true label has the same gradients under both, and only
+the other samples (few, for a model that fits its calibration images) are run again.
 
 True labels give the *empirical* Fisher; sampled labels draw each sample's label from the model's own softmax, a Monte-Carlo estimate of the true Fisher, which
 equals the Gauss-Newton approximation of the Hessian for cross-entropy. A well-trained model
@@ -142,17 +147,19 @@ def per_sample_grads(
 
 
 # Samples per per_sample_grads call: a chunk's gradients, inputs and output gradients stay
-# within about 2 MB (float32), so they are still in cache when squared and contracted. Measured
-# on ResNet-56 (2-core EPYC, benchmarks/results/sensitivity_speed.md): chunks of 8-11 samples
-# run the 64-channel 8x8 layers 1.5x faster than chunks of 32 and 2x faster than the whole batch
-# of 128; the 16- and 32-channel layers are flat between 8 and 64.
+# within about 2 MB (float32) per thread, so they are still in cache when squared and
+# contracted, and there are few enough chunks for each op to be worth splitting over threads.
+# Measured on ResNet-56 (2-core EPYC, one thread): chunks of 8-11 samples run the 64-channel
+# 8x8 layers 1.5x faster than chunks of 32 and 2x faster than the whole batch of 128; the 16-
+# and 32-channel layers are flat between 8 and 64.
 _CHUNK_ELEMENTS = 1 << 19
 _MAX_CHUNK = 32
 
 
 def _chunk(layer: LayerInfo) -> int:
+    threads = max(1, torch.get_num_threads())
     per_sample = layer.params + int(np.prod(layer.input_shape)) + int(np.prod(layer.output_shape))
-    return max(1, min(_MAX_CHUNK, _CHUNK_ELEMENTS // per_sample))
+    return max(1, min(_MAX_CHUNK * threads, _CHUNK_ELEMENTS * threads // per_sample))
 
 
 class _Recorder:
@@ -194,14 +201,15 @@ class _Recorder:
 
 @dataclass(frozen=True)
 class _Pass:
-    """One backward pass per batch: which labels, and which statistics it feeds."""
+    """One set of labels and the statistics its gradients feed (passes after the first reuse
+    the first one's backward for every sample with the same label)."""
 
     labels: str  # "true" or "sampled"
     weight: tuple[str, ...]  # subset of ("block", "diag", "block_total")
     act: str | None  # "block", "diag" or None
 
 
-# method -> backward passes per batch. "fisher" takes each layer's total from the sampled-label
+# method -> label passes. "fisher" takes each layer's total from the sampled-label
 # block Fisher (best agreement with measured layer loss increases) and distributes it over
 # channels in proportion to the true-label diagonal Fisher estimate (the least noisy per-channel
 # signal; see benchmarks/results for both comparisons).
