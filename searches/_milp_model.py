@@ -37,11 +37,17 @@ class MilpBuilder:
         for k, g in enumerate(p.weight_groups):
             self.groups_by_layer.setdefault(g.layer, []).append(k)
         # Interchangeable groups: integer counts m[l, i] of groups at option i, x continuous.
+        # ``alike`` names such layers whichever formulation is used: plans that differ only in
+        # which of their groups take which option are one plan to the no-good cuts.
+        self.alike = [
+            name
+            for name in sorted(self.groups_by_layer, key=self._order)
+            if self._interchangeable(name, active)
+        ]
         self.m0: dict[str, int] = {}
-        for name in sorted(self.groups_by_layer, key=self._order):
-            if self._interchangeable(name, active):
-                self.m0[name] = n
-                n += nw
+        for name in self.alike if counts else ():
+            self.m0[name] = n
+            n += nw
         # Count units of a layer's pair costs per kernel class: channels (quantum 1) or tiles of
         # q channels, t[l, c] = ceil(n[l, c] / q) as an integer variable with q * t >= n.
         keys = {
@@ -95,7 +101,7 @@ class MilpBuilder:
         integer counts the assignment of groups to options is a transportation problem whose LP
         vertices are integral -- so the x of these groups need not be integer variables."""
         groups = self.groups_by_layer[name]
-        if not self.use_counts or len(groups) < 2:
+        if len(groups) < 2:
             return False
         p = self.p
         first = groups[0]
@@ -313,6 +319,49 @@ class MilpBuilder:
             hi.append(limit / norm)
         a = coo_matrix((vals, (r_idx, c_idx)), shape=(base + len(extra), self.n)).tocsr()
         return LinearConstraint(a, np.array(lo), np.array(hi))
+
+    def no_good_cut(self, w: np.ndarray, a: np.ndarray, n: int):
+        """Rows and new binary columns that exclude the plan ``(w, a)`` from a model of ``n``
+        columns: (number of new columns, rows, lo, hi).
+
+        A plan differs from it in the option of a group outside ``alike`` layers, in an
+        activation option, or in the count ``m[l, i]`` of groups of an alike layer at some
+        option: binary ``d[l, i]`` with ``m[l, i] <= C_l - (C_l - m*[l, i] + 1) d[l, i]``
+        forces ``m[l, i] <= m*[l, i] - 1``, and ``sum (1 - x[g, w_g]) + sum (1 - y[a, a_a]) +
+        sum d >= 1`` asks for at least one difference."""
+        p = self.p
+        alike = set(self.alike)
+        cols = [
+            self.xi(g, int(i)) for g, i in enumerate(w) if p.weight_groups[g].layer not in alike
+        ]
+        cols += [self.yi(k, int(j)) for k, j in enumerate(a)]
+        r_idx, c_idx, vals, lo, hi = [], [], [], [], []
+        d_cols = []
+        for name in self.alike:
+            groups = self.groups_by_layer[name]
+            counts = np.bincount(w[groups], minlength=self.nw)
+            for i in np.nonzero(counts)[0]:
+                d = n + len(d_cols)
+                d_cols.append(d)
+                if name in self.m0:  # groups at option i: the count, or the sum of x
+                    mcols = [self.m0[name] + int(i)]
+                else:
+                    mcols = [self.xi(k, int(i)) for k in groups]
+                row = len(lo)
+                cap = len(groups)
+                r_idx += [row] * (len(mcols) + 1)
+                c_idx += list(mcols) + [d]
+                vals += [1.0] * len(mcols) + [float(cap - counts[i] + 1)]
+                lo.append(-np.inf)
+                hi.append(float(cap))
+        row = len(lo)  # -sum x[g, w_g] - sum y + sum d >= 1 - len(cols)
+        r_idx += [row] * (len(cols) + len(d_cols))
+        c_idx += cols + d_cols
+        vals += [-1.0] * len(cols) + [1.0] * len(d_cols)
+        lo.append(1.0 - len(cols))
+        hi.append(np.inf)
+        rows = coo_matrix((vals, (r_idx, c_idx)), shape=(len(lo), n + len(d_cols))).tocsr()
+        return len(d_cols), rows, np.array(lo), np.array(hi)
 
     def decode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.p

@@ -23,87 +23,47 @@ Formulation (one-hot, a multiple-choice knapsack with side constraints):
 
 The objective (predicted loss increase, values around 1e-9..1e-3) is scaled so that its total
 range is about 1e3: HiGHS's absolute tolerances otherwise make it stop at once at a poor point.
+
+Solving (``method="core"``, the default; exact within ``mip_rel_gap``):
+
+1. A problem whose budgets are separable per group (size, BOPs under fixed activation bits) is a
+   plain multiple-choice knapsack: its Lagrangian bound and a greedy plan
+   (:mod:`searches._mckp`) prove the gap without any MILP when they meet (large models).
+2. Otherwise the bound (Lagrangian, or the LP relaxation when overheads, roundings or several
+   activation options couple groups) fixes every column whose reduced cost exceeds what a
+   better plan could afford, and HiGHS solves the small core MILP left
+   (:mod:`searches._milp_solve`).
+
+``method="highs"`` is HiGHS's branch-and-bound on the whole one-hot model, the reference the
+core method is checked and timed against. ``n_solutions=K`` returns the K best distinct plans
+via no-good cuts (:meth:`MilpBuilder.no_good_cut`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import os
-import sys
 import time
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import milp
 
 from searches._base import BaseSearch
+from searches._mckp import separable_knapsack, solve_knapsack
 from searches._milp_model import MilpBuilder
+from searches._milp_solve import (
+    LpBound,
+    Model,
+    Outcome,
+    quiet_stdout,
+    solve_core,
+    solve_from_bound,
+    solve_plain,
+)
 from searches.problem import SearchProblem
 from searches.result import SearchResult, SearchStatus
 
 __all__ = ["IlpSearch", "resource_range"]
-
-
-@contextlib.contextmanager
-def _quiet_stdout():
-    """Silence HiGHS's C++ diagnostics (printed on file descriptor 1 even with disp=False)."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # captured stdout: nothing to silence
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(fd)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), fd)
-            yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-
-
-class _LpResult:
-    def __init__(self, x, fun, lower_rc, upper_rc) -> None:
-        self.x, self.fun, self.lower_rc, self.upper_rc = x, fun, lower_rc, upper_rc
-
-
-def _lp_with_reduced_costs(c, bounds: Bounds, cons: LinearConstraint, time_limit: float):
-    """LP relaxation by HiGHS (scipy.optimize.linprog) with the reduced costs of the bounds,
-    which ``milp`` does not report. None if it does not solve to optimality."""
-    a = cons.A.tocsr()
-    eq = cons.lb == cons.ub
-    up = np.isfinite(cons.ub) & ~eq
-    down = np.isfinite(cons.lb) & ~eq
-    from scipy.optimize import linprog
-    from scipy.sparse import vstack
-
-    with _quiet_stdout():
-        res = linprog(
-            c,
-            A_ub=vstack([a[up], -a[down]]).tocsr(),
-            b_ub=np.concatenate([cons.ub[up], -cons.lb[down]]),
-            A_eq=a[eq],
-            b_eq=cons.lb[eq],
-            bounds=np.column_stack([bounds.lb, bounds.ub]),
-            method="highs",
-            options={"time_limit": time_limit},
-        )
-    if res.status != 0 or res.x is None:
-        return None
-    return _LpResult(res.x, res.fun, res.lower.marginals, res.upper.marginals)
-
-
-def _milp(c, integrality, bounds, cons, time_limit: float, gap: float):
-    with _quiet_stdout():
-        return milp(
-            c,
-            integrality=integrality,
-            bounds=bounds,
-            constraints=cons,
-            options={"time_limit": time_limit, "mip_rel_gap": gap, "disp": False},
-        )
 
 
 def resource_range(problem: SearchProblem, name: str) -> tuple[float, float]:
@@ -117,7 +77,7 @@ def resource_range(problem: SearchProblem, name: str) -> tuple[float, float]:
     cons = b.constraint([])
     out = []
     for sign in (1.0, -1.0):
-        with _quiet_stdout():
+        with quiet_stdout():
             res = milp(sign * c, integrality=integrality, bounds=bounds, constraints=cons)
         if res.x is None:
             out.append(float("nan"))
@@ -127,90 +87,63 @@ def resource_range(problem: SearchProblem, name: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
+METHODS = ("core", "highs")
+
+
 class IlpSearch(BaseSearch):
     """Exact MILP search with HiGHS.
 
+    ``method="core"`` (default): the LP bound, reduced-cost fixing and a small core MILP, exact
+    within the gap and fast on every budget (see :mod:`searches._milp_solve`);
+    ``method="highs"``: HiGHS's branch-and-bound on the whole one-hot model, the reference.
+
     Args:
-        time_limit: seconds before HiGHS returns its best plan so far (status FEASIBLE).
-        mip_rel_gap: relative optimality gap at which the plan counts as optimal.
-        reduce_above: weight groups x options from which the large-model path runs (integer
-            option counts, LP bound, incumbent, reduced-cost fixing; see ``_solve_reduced``).
+        time_limit: seconds for the whole call before the best plans so far are returned
+            (status FEASIBLE).
+        mip_rel_gap: relative optimality gap at which a plan counts as optimal, measured on the
+            loss the search can still remove (the objective less every group's least loss);
+            ``stats["mip_gap"]`` is the gap proven for the best plan.
+        n_solutions: return up to this many distinct plans in ``SearchResult.solutions``, best
+            first, each within every budget and within ``mip_rel_gap`` of the best plan not
+            listed before it (found by no-good cuts). Two plans are *distinct* when they differ
+            in the activation option of an activation group, in the weight option of a weight
+            group of a layer whose groups are not interchangeable, or, in a layer whose groups
+            are interchangeable (equal channel counts, allowed options and budgeted weight
+            costs: a per-channel layer), in how many groups take some option: plans that only
+            swap options between such groups are one plan (its least-loss assignment).
+        counts_above: weight groups x options from which the core method models layers of
+            interchangeable groups by integer option counts (0: always).
     """
 
     name = "ilp-highs"
 
     def __init__(
-        self, *, time_limit: float = 60.0, mip_rel_gap: float = 1e-4, reduce_above: int = 20_000
+        self,
+        *,
+        time_limit: float = 60.0,
+        mip_rel_gap: float = 1e-4,
+        n_solutions: int = 1,
+        method: str = "core",
+        counts_above: int = 0,
     ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if n_solutions < 1:
+            raise ValueError(f"n_solutions must be >= 1, got {n_solutions}")
         self.time_limit = time_limit
         self.mip_rel_gap = mip_rel_gap
-        self.reduce_above = reduce_above
+        self.n_solutions = int(n_solutions)
+        self.method = method
+        self.counts_above = counts_above
 
     def describe(self) -> dict:
         return {
             "search": self.name,
+            "method": self.method,
             "time_limit_s": self.time_limit,
             "mip_rel_gap": self.mip_rel_gap,
+            "n_solutions": self.n_solutions,
         }
-
-    def _solve_reduced(self, b: MilpBuilder, c, integrality, bounds, cons):
-        """Large problems: LP bound, an incumbent, reduced-cost fixing, then a small exact MILP.
-
-        1. The LP relaxation gives a bound ``LB`` and reduced costs ``d``.
-        2. Incumbent ``UB``: the MILP with every weight group the LP assigns integrally fixed
-           (layers it leaves undecided stay free). A multiple-choice knapsack's LP optimum has
-           few fractional groups, so this MILP is tiny.
-        3. A binary at a bound in the LP whose reduced cost exceeds ``UB - LB`` takes that value
-           in every plan better than the incumbent (``obj >= LB + |d|`` otherwise), so fixing
-           it loses no better plan: the MILP over the rest is exact for the whole problem.
-
-        HiGHS on the full model instead spends most of its time in presolve and heuristics over
-        >100k binaries. Returns (None, None) when a step fails (the caller solves in full).
-        """
-        lp = _lp_with_reduced_costs(c, bounds, cons, self.time_limit / 2)
-        if lp is None:
-            return None, None
-        p = b.p
-        x = lp.x[b.x0 : b.y0].reshape(len(p.weight_groups), b.nw)
-        settled = x.max(1) > 1 - 1e-9
-        # Layers the LP leaves undecided stay wholly free: an unsettled group, or a fractional
-        # count, tile, overhead or byte variable (counts layers add no binaries when freed).
-        open_layers = {p.weight_groups[k].layer for k in np.nonzero(~settled)[0]}
-        frac = np.abs(lp.x - np.round(lp.x)) > 1e-6
-        for col, layer in b.aux_columns():
-            if integrality[col] and frac[col]:
-                open_layers.add(layer)
-        for name in open_layers:
-            settled[b.groups_by_layer[name]] = False
-        lo, hi = bounds.lb.copy(), bounds.ub.copy()
-        rows = np.nonzero(settled)[0]
-        fixed = np.round(x[rows])
-        for k, row in zip(rows, fixed, strict=True):
-            lo[b.xi(k, 0) : b.xi(k, 0) + b.nw] = row
-            hi[b.xi(k, 0) : b.xi(k, 0) + b.nw] = row
-        inc = _milp(c, integrality, Bounds(lo, hi), cons, self.time_limit, self.mip_rel_gap)
-        if inc.x is None or inc.status != 0:
-            return None, None
-        gap = (inc.fun - lp.fun) / max(abs(inc.fun), 1e-9)
-        if gap <= self.mip_rel_gap:
-            return inc, max(gap, 0.0)
-        # Reduced-cost fixing on the x and y blocks (the continuous x of counts layers too: an
-        # optimal plan exists at an integral vertex, where x is 0 or 1 like a binary).
-        # Plans within the gap tolerance of the incumbent need not be found: fix what cannot
-        # beat it by more than that (the incumbent stays the answer if nothing does).
-        margin = inc.fun * (1 - self.mip_rel_gap) - lp.fun + 1e-9 * max(1.0, abs(inc.fun))
-        lo, hi = bounds.lb.copy(), bounds.ub.copy()
-        cols = np.arange(b.x0, b.y0 + len(p.act_groups) * b.na)
-        at_lo = (lp.x[cols] < lo[cols] + 1e-9) & (lp.lower_rc[cols] > margin)
-        at_hi = (lp.x[cols] > hi[cols] - 1e-9) & (-lp.upper_rc[cols] > margin)
-        hi[cols[at_lo]] = lo[cols[at_lo]]
-        lo[cols[at_hi]] = hi[cols[at_hi]]
-        res = _milp(c, integrality, Bounds(lo, hi), cons, self.time_limit, self.mip_rel_gap)
-        if res.status == 2 or (res.x is not None and res.status == 0 and res.fun >= inc.fun):
-            return inc, self.mip_rel_gap  # nothing beats the incumbent by more than the gap
-        if res.x is None or res.status != 0:
-            return None, None
-        return res, float(getattr(res, "mip_gap", 0.0) or 0.0)
 
     def solve(self, problem: SearchProblem) -> SearchResult:
         """Solve; a resource whose per-layer rounding has an exact linear form
@@ -237,53 +170,132 @@ class IlpSearch(BaseSearch):
 
     def _solve(self, problem: SearchProblem) -> SearchResult:
         t0 = time.perf_counter()
+        ks = separable_knapsack(problem) if self.method == "core" else None
+        quick = None if ks is None else solve_knapsack(ks, self.mip_rel_gap)
+        first = None
+        if quick is not None and quick.plan is not None:
+            sol = problem.solution(quick.plan[: ks.n_weight], quick.plan[ks.n_weight :])
+            first = (sol, quick.gap) if sol.within(problem) else None
+        if first is not None and self.n_solutions == 1:
+            return _knapsack_result(problem, first, time.perf_counter() - t0)
+        if quick is not None and quick.bound > _largest_loss(ks) * (1 + 1e-9) + 1e-300:
+            # The bound exceeds every plan's loss: no plan meets the budgets.
+            stats = {
+                "method": "knapsack",
+                "mip_gap": None,
+                "solve_time_s": time.perf_counter() - t0,
+            }
+            return SearchResult(SearchStatus.INFEASIBLE, _infeasible_message(problem), stats=stats)
         active = [r for r in problem.resources if r.budget is not None]
-        # Large models take the LP-bound path, where counts keep its MILPs small; below that,
-        # HiGHS's branch-and-bound is faster on plain binaries (ResNet-50 on BitFusion tiles:
-        # 2.4 s vs 3.8 s).
-        large = len(problem.weight_groups) * len(problem.w_bits) >= self.reduce_above
-        b = MilpBuilder(problem, active, counts=large)
+        size = len(problem.weight_groups) * len(problem.w_bits)
+        b = MilpBuilder(problem, active, counts=self.method == "core" and size >= self.counts_above)
         b.structural_rows()
         c, scale = b.objective()
-        extra = []
-        for r in active:
-            extra.append((b.resource_coefficients(r), r.budget - r.constant - r.slack))
+        extra = [(b.resource_coefficients(r), r.limit) for r in active]
         bounds, integrality = b.bounds_and_integrality()
-        cons = b.constraint(extra)
+        model = Model.of(c * scale, bounds, integrality, b.constraint(extra))
         build_s = time.perf_counter() - t0
-        method = "branch-and-bound"
-        res = None
-        n_binary = int(integrality.sum())
-        if large:
-            res, lp_gap = self._solve_reduced(b, c * scale, integrality, bounds, cons)
-            if res is not None:
-                method = "LP bound + reduced MILP"
-        if res is None:
-            remaining = max(self.time_limit - (time.perf_counter() - t0 - build_s), 1.0)
-            res = _milp(c * scale, integrality, bounds, cons, remaining, self.mip_rel_gap)
-            lp_gap = None
-        solve_s = time.perf_counter() - t0 - build_s
-        gap = lp_gap if lp_gap is not None else float(getattr(res, "mip_gap", np.nan) or 0.0)
+        start = None if quick is None else _bound_of(b, model, ks, quick, scale)
+        outcomes, solutions = self._plans(b, model, problem, t0 + self.time_limit, first, start)
+        head = outcomes[0]
         stats = {
             "solver": "scipy.optimize.milp (HiGHS)",
-            "method": method,
+            "method": _method_name(self.method, start is not None, first is not None),
             "build_time_s": build_s,
-            "solve_time_s": solve_s,
-            "mip_gap": gap,
+            "solve_time_s": time.perf_counter() - t0 - build_s,
+            "mip_gap": head.gap,
             "n_vars": b.n,
-            "n_binary": n_binary,
+            "n_binary": int(integrality.sum()),
             "n_constraints": len(b.rows) + len(extra),
             "objective_scale": scale,
-            "highs_status": int(res.status),
-            "highs_message": str(res.message),
+            "n_solutions": len(solutions),
+            "solution_gaps": [o.gap for o in outcomes if o.x is not None],
+            "highs_message": head.message,
+            **{k: v for k, v in head.info.items() if k in ("lp_bound", "rounds", "core_columns")},
         }
-        if res.status == 2:
+        if head.status == "infeasible":
             return SearchResult(SearchStatus.INFEASIBLE, _infeasible_message(problem), stats=stats)
-        if res.x is None:
-            return SearchResult(SearchStatus.ERROR, f"HiGHS: {res.message}", stats=stats)
-        w, a = b.decode(res.x)
-        status = SearchStatus.OPTIMAL if res.status == 0 else SearchStatus.FEASIBLE
-        return SearchResult(status, str(res.message), (problem.solution(w, a),), stats)
+        if not solutions:
+            return SearchResult(SearchStatus.ERROR, head.message, stats=stats)
+        proven = all(o.status == "optimal" for o in outcomes if o.x is not None)
+        status = SearchStatus.OPTIMAL if proven else SearchStatus.FEASIBLE
+        return SearchResult(status, head.message, tuple(solutions), stats)
+
+    def _plans(self, b: MilpBuilder, model: Model, problem, deadline, first, start):
+        """Up to ``n_solutions`` plans, each the best not excluded by the no-good cuts of the
+        plans before it (``first``: one already found; ``start``: a bound with reduced costs
+        for every solve instead of the LP); returns (outcomes, solutions best first)."""
+        solve = solve_core if self.method == "core" else solve_plain
+        outcomes: list[Outcome] = []
+        solutions = []
+        if first is not None:
+            sol, gap = first
+            outcomes.append(
+                Outcome("optimal", np.zeros(0), message="knapsack bound", proven_gap=gap)
+            )
+            solutions.append(sol)
+            model = model.extended(*b.no_good_cut(sol.w_choice, sol.a_choice, model.n))
+        while len(solutions) < self.n_solutions:
+            left = deadline - time.perf_counter()
+            if solutions and left <= 0:
+                break
+            if start is not None:  # the bound holds for every plan, so for those left too
+                out = solve_from_bound(
+                    model, start.padded(model.n), self.mip_rel_gap, max(left, 1.0)
+                )
+            else:
+                out = solve(model, self.mip_rel_gap, max(left, 1.0))
+            outcomes.append(out)
+            if out.x is None:
+                break
+            w, a = b.decode(out.x)
+            solutions.append(problem.solution(w, a))
+            if len(solutions) < self.n_solutions:
+                model = model.extended(*b.no_good_cut(w, a, model.n))
+        solutions.sort(key=lambda s: s.objective)  # within the gap, a later plan can be better
+        return outcomes, solutions
+
+
+def _method_name(method: str, from_knapsack: bool, first_proven: bool) -> str:
+    if method == "highs":
+        return "branch-and-bound"
+    if first_proven:
+        return "knapsack, then Lagrangian bound + reduced-cost core MILP"
+    return ("Lagrangian" if from_knapsack else "LP") + " bound + reduced-cost core MILP"
+
+
+def _knapsack_result(problem: SearchProblem, first, elapsed: float) -> SearchResult:
+    """The knapsack fast path's plan, proven within the gap without a MILP."""
+    sol, gap = first
+    stats = {
+        "solver": "Lagrangian bound + greedy plan (numpy)",
+        "method": "knapsack",
+        "build_time_s": 0.0,
+        "solve_time_s": elapsed,
+        "mip_gap": gap,
+        "n_vars": len(problem.weight_groups) * len(problem.w_bits),
+        "n_solutions": 1,
+        "solution_gaps": [gap],
+    }
+    return SearchResult(SearchStatus.OPTIMAL, "knapsack bound", (sol,), stats)
+
+
+def _largest_loss(ks) -> float:
+    """The loss of the worst plan (every group at its most lossy allowed option)."""
+    return float(np.where(np.isfinite(ks.loss), ks.loss, -np.inf).max(1).sum())
+
+
+def _bound_of(b: MilpBuilder, model: Model, ks, quick, scale: float) -> LpBound:
+    """The knapsack's Lagrangian bound and reduced costs on the model's x and y columns (in
+    its shifted, scaled objective), for reduced-cost fixing without the LP."""
+    p = b.p
+    nw, na, n_w = len(p.w_bits), len(p.a_bits), ks.n_weight
+    lower = np.zeros(model.n)
+    lower[b.x0 : b.y0] = (quick.reduced[:n_w, :nw] * scale).reshape(-1)
+    lower[b.y0 : b.y0 + len(p.act_groups) * na] = (quick.reduced[n_w:, :na] * scale).reshape(-1)
+    shift = float(np.where(np.isfinite(ks.loss), ks.loss, np.inf).min(1).sum())
+    fun = max((quick.bound - shift) * scale, 0.0)
+    return LpBound(np.zeros(model.n), fun, lower, np.zeros(model.n))
 
 
 def _infeasible_message(problem: SearchProblem) -> str:

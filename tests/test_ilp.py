@@ -182,8 +182,9 @@ def _close(a: float, b: float, rel: float = 1e-9) -> bool:
 # checked against its documented relative gap.
 EXACT = IlpSearch(mip_rel_gap=0.0)
 DEFAULT = IlpSearch()
-# The large-model path (LP bound, incumbent, reduced-cost fixing), forced on small problems.
-LARGE_PATH = IlpSearch(mip_rel_gap=0.0, reduce_above=0)
+# The core method on the one-hot formulation (no integer counts), and plain HiGHS on it.
+LARGE_PATH = IlpSearch(mip_rel_gap=0.0, counts_above=10**9)
+PLAIN = IlpSearch(mip_rel_gap=0.0, method="highs")
 
 
 def _check_against_brute_force(problem: SearchProblem) -> SearchStatus:
@@ -191,10 +192,12 @@ def _check_against_brute_force(problem: SearchProblem) -> SearchStatus:
     got = EXACT.solve(problem)
     default = DEFAULT.solve(problem)
     large = LARGE_PATH.solve(problem)
-    assert got.success == ref.success == default.success == large.success, (ref, got, large)
+    plain = PLAIN.solve(problem)
+    assert got.success == ref.success == default.success == large.success == plain.success
     if ref.success:
-        assert _close(large.objective, ref.objective, rel=1e-7), (large.objective, ref)
-        _assert_within_budgets(problem, large)
+        for other in (large, plain):
+            assert _close(other.objective, ref.objective, rel=1e-7), (other.objective, ref)
+            _assert_within_budgets(problem, other)
     if not ref.success:
         assert got.status is default.status is SearchStatus.INFEASIBLE
         return got.status
@@ -235,9 +238,8 @@ def test_ilp_equals_brute_force(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_ilp_equals_brute_force_per_channel(seed):
-    """One group per channel: interchangeable groups, which the large-model path (forced by
-    ``_check_against_brute_force``) solves with integer option counts and continuous
-    assignments."""
+    """One group per channel: interchangeable groups, which the core method solves with integer
+    option counts and continuous assignments (and ``LARGE_PATH`` with binaries)."""
     rng = np.random.default_rng(2000 + seed)
     statuses = []
     for _ in range(20):
