@@ -54,6 +54,7 @@ from hawq_search.cpu_profile import interleaved_round_medians
 from hawq_search.files import jsonable
 from hawq_search.pipeline import Pipeline
 from hawq_search.problem_builder import build_problem
+from hawq_search.runtime import cpu_description
 from hawq_search.sensitivity.table import SensitivityTable
 from searches.ilp import IlpSearch
 
@@ -417,7 +418,9 @@ def part3(work: Path, ref: Pipeline, repeats: int) -> dict:
     batch = cm.batch
     calib = s.calib.images[:256]
     x = s.calib.images[:batch]
-    evalx, evaly = s.eval_data.images, s.eval_data.labels
+    # Evaluation streams batches (issue 7); the 1,000 test images are gathered once here.
+    pairs = list(s.eval_data.batches(250))
+    evalx, evaly = torch.cat([b[0] for b in pairs]), torch.cat([b[1] for b in pairs])
     out = {"profile_s": prof_s, "profile_cmd": shlex.join(cmd), "batch": batch, "threads": torch.get_num_threads(),
            "repeats": repeats, "plans": {}}  # fmt: skip
     models, accs = {}, {}
@@ -503,7 +506,7 @@ def report(res: dict, cmd: str) -> str:
     m = res["machine"]
     L += [
         f"- Date: {res['date']} (wall time {res['wall_s'] / 60:.1f} min)",
-        f"- Machine: {m['cpus']} cores ({m['cpu']}), torch {m['torch']}, Python {m['python']}; "
+        f"- Machine: {m.get('cpu_description', m['cpu'])}, {m['cpus']} cores, torch {m['torch']}, Python {m['python']}; "
         f"load average (1/5/15 min) at start {'/'.join(f'{v:.2f}' for v in res['load_start'])}, "
         f"at end {'/'.join(f'{v:.2f}' for v in res['load_end'])}",
         "- ResNet-56 (akamaster weights), calibration + Fisher sensitivities on 512 images of "
@@ -652,6 +655,7 @@ def main() -> int:
         "machine": {
             "cpus": os.cpu_count(),
             "cpu": platform.processor() or platform.machine(),
+            "cpu_description": cpu_description(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },  # fmt: skip

@@ -9,7 +9,7 @@ from torch import nn
 
 from hawq_search.config import RunConfig
 from hawq_search.core.exceptions import UserInputError
-from hawq_search.data.datasets import from_batches
+from hawq_search.data.datasets import TensorData, from_batches
 from hawq_search.models.registry import LoadedModel
 from hawq_search.models.weights import Preprocess
 from hawq_search.pipeline import Pipeline
@@ -44,6 +44,11 @@ def search_plan(
     mip_gap: float = 1e-4,
     cache_dir: str | None = None,
     progress: bool = False,
+    rerank: int = 0,
+    trials: int = 100,
+    objective: str = "measured",
+    heldout_size: int = 1000,
+    storage: str | None = None,
 ) -> Plan:
     """Search the per-channel bit-width plan of ``model`` under the given budgets.
 
@@ -59,7 +64,12 @@ def search_plan(
         granularity: ``"channel"``, ``"layer"`` or ``"group:N"``.
         sensitivity: ``fisher`` (default), ``empirical-fisher``, ``fisher-diag``,
             ``sampled-fisher`` or ``hessian``.
-        search: ``"ilp"`` or any :class:`searches.BaseSearch` instance.
+        search: ``"ilp"``, ``"optuna"`` (``trials`` trials on the ``objective``: "measured"
+            PTQ loss or the "proxy"; a study in ``storage``, an Optuna RDB URL, else in memory)
+            or any :class:`searches.BaseSearch` instance.
+        rerank: measure the ILP's ``rerank`` best distinct plans and keep the best.
+        heldout_size: samples of ``data`` after the first ``calib_size`` that measured
+            objectives (``rerank``, ``search="optuna"``) score plans on.
         example_input: an input batch to trace the model with (default: one sample of ``data``).
         loss_fn: ``(outputs, targets) -> loss`` replacing cross-entropy (per-sample values or
             their mean); with it, label-sampling estimators use the true targets.
@@ -77,7 +87,7 @@ def search_plan(
         raise UserInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(search, (str, BaseSearch)):
         raise UserInputError(
-            f"search must be 'ilp' or a searches.BaseSearch, got {type(search).__name__}",
+            f"search must be 'ilp', 'optuna' or a searches.BaseSearch, got {type(search).__name__}",
             params=("search",),
         )
     config = RunConfig(
@@ -87,17 +97,36 @@ def search_plan(
         latency_ms=latency_ms, energy_mj=energy_mj, accelerator=accelerator,
         accel_batch=accel_batch, calib_size=calib_size, batch_size=batch_size, seed=seed,
         time_limit_s=time_limit_s, mip_gap=mip_gap, out=cache_dir, progress=progress,
+        rerank=rerank, trials=trials, objective=objective, heldout_size=heldout_size,
+        storage=storage,
     )  # fmt: skip
     config.validate()
-    calib = from_batches(data, calib_size, source="user data")
+    measuring = rerank > 1 or (config.search == "optuna" and objective == "measured")
+    samples = from_batches(data, calib_size + (heldout_size if measuring else 0), "user data")
+    calib, heldout = _split(samples, calib_size, measuring)
     example = example_input if example_input is not None else calib.images[:1]
     loaded = _describe(model, example)
     pipe = Pipeline(
         config, model=loaded, calib=calib, example_input=example, loss_fn=loss_fn,
-        search=search if isinstance(search, BaseSearch) else None,
+        search=search if isinstance(search, BaseSearch) else None, heldout=heldout,
     )  # fmt: skip
     plan, _ = pipe.search()
     return plan
+
+
+def _split(samples: TensorData, calib_size: int, measuring: bool):
+    """Calibration samples, and the held-out ones after them (None when nothing measures)."""
+    if not measuring:
+        return samples, None
+    if len(samples) <= calib_size:
+        raise UserInputError(
+            f"data has {len(samples)} samples: measured objectives need samples beyond the "
+            f"{calib_size} calibration ones (heldout_size more)",
+            params=("heldout_size", "calib_size"),
+        )
+    part = [TensorData(samples.images[a:b], samples.labels[a:b], list(samples.indices[a:b]),
+                       samples.source) for a, b in ((0, calib_size), (calib_size, len(samples)))]  # fmt: skip
+    return part[0], part[1]
 
 
 def _describe(model: nn.Module, example: torch.Tensor) -> LoadedModel:

@@ -11,12 +11,25 @@ from dataclasses import asdict, dataclass
 from hawq_search.core.bits import ALLOWED_BITS
 from hawq_search.core.exceptions import UserInputError
 
-__all__ = ["DATASETS", "PRECISIONS", "RunConfig", "SEARCHES", "SENSITIVITY_METHODS", "config_dict"]
+__all__ = [
+    "DATASETS",
+    "OBJECTIVES",
+    "PRECISIONS",
+    "RunConfig",
+    "SAMPLERS",
+    "SEARCHES",
+    "SENSITIVITY_METHODS",
+    "TRADEOFFS",
+    "config_dict",
+]
 
 # "hessian" is Hutchinson on weights, the Fisher estimate on activations. The Fisher variants are
 # defined in hawq_search.sensitivity.fisher.METHODS (a test keeps the two lists in step).
 SENSITIVITY_METHODS = ("fisher", "empirical-fisher", "fisher-diag", "sampled-fisher", "hessian")
-SEARCHES = ("ilp",)  # solvers by name; any searches.BaseSearch can be passed to the API
+SEARCHES = ("ilp", "optuna")  # solvers by name; any searches.BaseSearch can be passed to the API
+OBJECTIVES = ("measured", "proxy")  # what an Optuna trial minimises
+TRADEOFFS = ("size", "bops", "latency", "energy")  # resources a multi-objective study trades
+SAMPLERS = ("tpe", "nsga2", "random")  # searches.optuna_search.SAMPLERS (a test keeps them equal)
 DATASETS = ("cifar10", "cifar100", "imagefolder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -59,6 +72,18 @@ class RunConfig:
     latency_ms: float | None = None
     energy_mj: float | None = None
     progress: bool = True
+    # Optuna search and re-ranking (measured on held-out train images, never the test split)
+    trials: int = 100
+    objective: str = "measured"
+    tradeoff: str | None = None  # a resource for a multi-objective study
+    sampler: str = "tpe"
+    storage: str | None = None  # Optuna RDB URL; default: sqlite study.db in the run directory
+    study: str | None = None  # study name; default: "hawq-search"
+    workers: int = 1  # Optuna worker processes on this machine
+    resume: bool = False  # continue an existing study
+    search_timeout_s: float | None = None
+    rerank: int = 0  # measure the ILP's K best distinct plans and keep the best (0/1: off)
+    heldout_size: int = 1000  # train images after the calibration ones, for measured objectives
 
     @property
     def size_budget_bytes(self) -> float | None:
@@ -89,6 +114,7 @@ class RunConfig:
         _check_int("batch_size", self.batch_size, 1)
         _check_int("num_workers", self.num_workers, 0)
         _check_int("hessian_probes", self.hessian_probes, 1)
+        self._validate_search()
         _check_choice("precision", self.precision, PRECISIONS)
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
@@ -123,6 +149,39 @@ class RunConfig:
             )
         if self.std is not None and any(s <= 0 for s in self.std):
             raise UserInputError(f"std values must be > 0, got {self.std}", params=("std",))
+
+    def _validate_search(self) -> None:
+        _check_int("trials", self.trials, 1)
+        _check_int("workers", self.workers, 1)
+        _check_int("rerank", self.rerank, 0)
+        _check_int("heldout_size", self.heldout_size, 1)
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        _check_positive("search_timeout_s", self.search_timeout_s)
+        if self.tradeoff is not None:
+            _check_choice("tradeoff", self.tradeoff, TRADEOFFS)
+            budget = {"size": "budget_mb", "bops": "bops", "latency": "latency_ms",
+                      "energy": "energy_mj"}[self.tradeoff]  # fmt: skip
+            if getattr(self, budget) is None:
+                raise UserInputError(
+                    f"tradeoff {self.tradeoff} needs a {budget} budget: the study trades "
+                    "measured loss against that resource below its budget",
+                    params=("tradeoff", budget),
+                )
+        optuna_only = {"tradeoff": self.tradeoff is not None, "workers": self.workers > 1,
+                       "resume": self.resume, "storage": self.storage is not None,
+                       "study": self.study is not None}  # fmt: skip
+        used = [name for name, on in optuna_only.items() if on]
+        if used and self.search != "optuna":
+            raise UserInputError(
+                f"{', '.join(used)} apply to search optuna only, not to search {self.search}",
+                params=(*used, "search"),
+            )
+        if self.rerank > 1 and self.search != "ilp":
+            raise UserInputError(
+                "rerank re-ranks the ILP's best plans: it needs search ilp",
+                params=("rerank", "search"),
+            )
 
 
 def _check_bits(name: str, bits: tuple[int, ...]) -> None:

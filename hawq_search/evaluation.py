@@ -10,7 +10,7 @@ from hawq_search.core.exceptions import UserInputError
 from hawq_search.data.datasets import Batches
 from hawq_search.runtime import module_device
 
-__all__ = ["top1", "mean_loss"]
+__all__ = ["top1", "mean_loss", "loss_and_top1"]
 
 
 @torch.no_grad()
@@ -54,3 +54,23 @@ def _nonzero(seen: int, data: Batches) -> int:
     if seen == 0:
         raise UserInputError(f"{getattr(data, 'source', 'data')}: no samples to evaluate")
     return seen
+
+
+@torch.no_grad()
+def loss_and_top1(model: nn.Module, data: Batches, *, batch_size: int = 250) -> tuple[float, float]:
+    """Mean cross-entropy (nats per image) and top-1 (%) in one pass over ``data``."""
+    was_training = model.training
+    model.eval()
+    total, correct, seen = 0.0, 0, 0
+    try:
+        device = module_device(model)
+        for x, y in data.batches(batch_size):
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+    finally:
+        model.train(was_training)
+    n = _nonzero(seen, data)
+    return total / n, 100.0 * correct / n

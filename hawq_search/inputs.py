@@ -16,7 +16,7 @@ from hawq_search.models.weights import (
     Preprocess,
 )
 
-__all__ = ["load_model", "dataset_name", "calibration_data", "evaluation_data"]
+__all__ = ["load_model", "dataset_name", "calibration_data", "evaluation_data", "heldout_data"]
 
 
 def load_model(config: RunConfig) -> LoadedModel:
@@ -57,18 +57,22 @@ def dataset_name(config: RunConfig, loaded: LoadedModel | None) -> str:
 
 def calibration_data(config: RunConfig, loaded: LoadedModel) -> TensorData:
     """``calib_size`` seeded train images, held in memory: every stage reuses them."""
+    return _train_subset(config, loaded, config.calib_size, "calib_size", skip=0)
+
+
+def heldout_data(config: RunConfig, loaded: LoadedModel) -> TensorData:
+    """``heldout_size`` seeded train images disjoint from the calibration ones (the next ones of
+    the same permutation), in memory: measured search objectives score every trial on them, so
+    the search never sees the test split."""
+    return _train_subset(config, loaded, config.heldout_size, "heldout_size", config.calib_size)
+
+
+def _train_subset(config, loaded, size: int, param: str, skip: int) -> TensorData:
     return load_subset(
-        dataset_name(config, loaded),
-        config.data_dir,
-        "train",
-        loaded.preprocess,
-        config.calib_size,
-        config.seed,
-        progress=config.progress,
-        num_workers=config.num_workers,
-        max_classes=loaded.num_classes,
-        size_param="calib_size",
-    )
+        dataset_name(config, loaded), config.data_dir, "train", loaded.preprocess, size,
+        config.seed, progress=config.progress, num_workers=config.num_workers,
+        max_classes=loaded.num_classes, size_param=param, skip=skip,
+    )  # fmt: skip
 
 
 def evaluation_data(config: RunConfig, loaded: LoadedModel) -> StreamData:

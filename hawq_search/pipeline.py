@@ -57,11 +57,12 @@ class Timings:
 
 
 def make_search(config: RunConfig) -> BaseSearch:
-    """The configured solver: ``ilp``, or ``package.module:Class`` naming a
-    :class:`searches.BaseSearch` subclass built without arguments."""
+    """A solver that needs nothing from the pipeline: ``ilp``, or ``package.module:Class`` naming
+    a :class:`searches.BaseSearch` subclass built without arguments. (Searches that measure
+    plans, ``optuna`` and ``rerank``, are built by :func:`hawq_search.studies.build_search`.)"""
     from searches import IlpSearch
 
-    if config.search == "ilp":
+    if ":" not in config.search:
         return IlpSearch(time_limit=config.time_limit_s, mip_rel_gap=config.mip_gap)
     cls = import_object(config.search, "search", "search")
     if not (isinstance(cls, type) and issubclass(cls, BaseSearch)):
@@ -88,6 +89,8 @@ class Pipeline:
             input size).
         loss_fn: replaces cross-entropy in sensitivities.
         search: the solver (default: from ``config.search``).
+        heldout: ready held-out batches for measured objectives (default: the train images
+            after the calibration ones).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Pipeline:
         example_input: torch.Tensor | None = None,
         loss_fn: LossFn | None = None,
         search: BaseSearch | None = None,
+        heldout: TensorData | None = None,
     ) -> None:
         config.validate()
         self.config = config
@@ -107,7 +111,11 @@ class Pipeline:
         self.out: Path | None = Path(config.out) if config.out else None
         self.timings = Timings()
         self.loss_fn = loss_fn
-        self.searcher = search or make_search(config)
+        self._searcher = search
+        if search is None and ":" in config.search:
+            self._searcher = make_search(config)  # a user's class: fail before any work
+        self._measure = None
+        self._heldout = heldout
         self._loaded, self._calib, self._eval = model, calib, eval_data
         self._example = example_input
         self._graph: ModelGraph | None = None
@@ -116,6 +124,7 @@ class Pipeline:
         self._tables: dict[str, SensitivityTable] = {}
         self._budgets_checked = False
         self._lock: RunDirLock | None = None
+        self._owns_lock = True  # a variant borrows its parent's lock on the same directory
 
     # ---- inputs ----------------------------------------------------------------------------
     @property
@@ -186,6 +195,28 @@ class Pipeline:
         return self._tables[method]
 
     # ---- problem and search ----------------------------------------------------------------
+    @property
+    def searcher(self) -> BaseSearch:
+        """The configured search (built on first use: Optuna needs the run's data)."""
+        if self._searcher is None:
+            from hawq_search.studies import build_search
+
+            self._searcher = build_search(self)
+        return self._searcher
+
+    @searcher.setter
+    def searcher(self, search: BaseSearch) -> None:
+        self._searcher = search
+
+    @property
+    def measure(self):
+        """PTQ loss and top-1 of a solution on held-out train images (measured objectives)."""
+        if self._measure is None:
+            from hawq_search.measured import HeldoutMeasure
+
+            self._measure = HeldoutMeasure(self, data=self._heldout)
+        return self._measure
+
     def targets(self) -> dict[str, float | None]:
         """The user's hardware budgets in seconds and joules (re-priced exactly)."""
         return {"latency": self.config.latency_budget_s, "energy": self.config.energy_budget_j}
@@ -226,9 +257,13 @@ class Pipeline:
             def exact(solution, cm=self.cost_model):  # noqa: E306
                 return exact_hardware_totals(self.graph, cm, solution)
 
-        outcome = solve_within_exact_budgets(
-            self.searcher, lambda hw: self.problem(table, hw), self.targets(), exact
-        )
+        from hawq_search.studies import WorkerPool
+
+        searcher = self.searcher
+        with WorkerPool(self):
+            outcome = solve_within_exact_budgets(
+                searcher, lambda hw: self.problem(table, hw), self.targets(), exact
+            )
         result = outcome.result
         if result.status is SearchStatus.INFEASIBLE:
             targets = {"size": self.config.size_budget_bytes, "bops": self.config.bops}
@@ -296,6 +331,24 @@ class Pipeline:
         ) as bar:
             return top1(model, self.eval_data, progress=bar)
 
+    def variant(self, **changes) -> Pipeline:
+        """A pipeline for the same model and data with other budgets or search settings
+        (``changes`` are RunConfig fields), sharing every stage computed so far: model, data,
+        graph, activation ranges, sensitivity tables, cost model and held-out images."""
+        from dataclasses import replace
+
+        config = replace(self.config, **changes)
+        other = Pipeline(config, model=self._loaded, calib=self._calib, eval_data=self._eval,
+                         example_input=self._example, loss_fn=self.loss_fn)  # fmt: skip
+        other._graph, other._ranges, other._cost_model = self._graph, self._ranges, self._cost_model
+        same_tables = all(getattr(config, k) == getattr(self.config, k) for k in _TABLE_FIELDS)
+        other._tables = dict(self._tables) if same_tables else {}
+        if config.out == self.config.out and self._lock is not None:
+            other.out, other._lock, other._owns_lock = self.out, self._lock, False
+        if self._measure is not None and config.heldout_size == self.config.heldout_size:
+            other._measure = type(self._measure)(other, data=self._measure._data)
+        return other
+
     def __enter__(self) -> Pipeline:
         return self
 
@@ -305,7 +358,8 @@ class Pipeline:
     def close(self) -> None:
         """Release the run directory (removing it if the run wrote nothing there)."""
         if self._lock is not None:
-            self._lock.release()
+            if self._owns_lock:
+                self._lock.release()
             self._lock = None
 
     def run_dir(self) -> Path:
@@ -316,6 +370,10 @@ class Pipeline:
         if self._lock is None:
             self._lock = RunDirLock(self.out)
         return self.out
+
+
+# RunConfig fields a sensitivity table depends on (besides model and calibration data).
+_TABLE_FIELDS = ("wbits", "abits", "seed", "hessian_probes", "precision", "batch_size")
 
 
 def _model_source(config: RunConfig, loaded: LoadedModel) -> str:

@@ -108,6 +108,7 @@ def write_report(path: Path, summary: dict, plan: Plan) -> None:
         f"Search: {s['solver']['name']}, {solver_status(s['solver'])}; sensitivity "
         f"`{s['sensitivity']}`. PTQ only (no fine-tuning).",
         "",
+        *search_lines(s.get("search", {})),
         "Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in s["timings_s"].items()),
         "",
         *_hardware_section(plan),
@@ -166,6 +167,35 @@ def _layer_table(plan: Plan) -> list[str]:
                 f"{hw['bound']} | {'yes' if hw['extrapolated'] else 'no'} |"
             )
         lines.append(row)
+    return lines
+
+
+def search_lines(search: dict) -> list[str]:
+    """Optuna's or the re-ranking's findings, measured on held-out train images."""
+    lines: list[str] = []
+    if "trials_complete" in search:
+        m = search.get("best_metrics") or {}
+        measured = (
+            f", held-out loss {m['loss']:.4f}, top-1 {m['top1']:.2f} %" if "loss" in m else ""
+        )
+        lines += [
+            f"Optuna ({search.get('objective')}): {search['trials_complete']} complete trials "
+            f"({search.get('trials_pruned', 0)} pruned) in study `{search.get('study')}`; best "
+            f"trial {search.get('best_trial')} (trial 0 is the plain ILP plan){measured}.",
+            "",
+        ]
+    if search.get("rerank"):
+        lines += [
+            "Re-ranking of the ILP's best distinct plans on held-out train images:",
+            "",
+            "| ILP rank | predicted loss increase | held-out loss | held-out top-1 (%) |",
+            "|---|---|---|---|",
+            *(
+                f"| {r['ilp_rank']} | {r['proxy']:.4g} | {r['loss']:.4f} | {r['top1']:.2f} |"
+                for r in search["rerank"]
+            ),
+            "",
+        ]
     return lines
 
 

@@ -74,6 +74,7 @@ def _summary(pipe: Pipeline, plan: Plan, uniform: Plan, result: SearchResult, ta
             "solve_time_s": result.stats.get("solve_time_s"),
             "n_vars": result.stats.get("n_vars"),
         },
+        "search": search_details(result),
         "sensitivity": table.method,
         "sensitivity_cached": bool(table.meta.get("cached")),
         "sensitivity_runtime": table.meta.get("runtime"),
@@ -90,6 +91,20 @@ def _summary(pipe: Pipeline, plan: Plan, uniform: Plan, result: SearchResult, ta
         "seed": c.seed,
         "config": config_dict(c),
     }
+
+
+def search_details(result: SearchResult) -> dict:
+    """What a measuring search found: Optuna's trials, or the re-ranked ILP plans (measured on
+    held-out train images, never the test split)."""
+    st = result.stats
+    keys = ("objective", "trials_complete", "trials_pruned", "trials_failed", "best_trial",
+            "best_value", "best_metrics", "study", "storage", "rerank", "rerank_time_s")  # fmt: skip
+    details = {k: st[k] for k in keys if k in st}
+    if len(result.solutions) > 1 and "rerank" not in st:
+        details["pareto"] = [
+            {"objective": s.objective, "totals": dict(s.totals)} for s in result.solutions
+        ]
+    return details
 
 
 def _histogram(plan) -> dict[str, int]:

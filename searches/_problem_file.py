@@ -3,6 +3,7 @@ header, no pickles (a problem file from elsewhere never runs code)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -12,12 +13,32 @@ import numpy as np
 from hawq_search.core.atomic import atomic_file
 from searches.problem import PROBLEM_FORMAT_VERSION, Resource, SearchProblem, WeightGroup
 
-__all__ = ["write_problem", "read_problem"]
+__all__ = ["write_problem", "read_problem", "problem_fingerprint"]
 
 _PER_LAYER = ("pair", "overhead", "round_up")
 
 
 def write_problem(problem: SearchProblem, path: Path) -> None:
+    arrays = _arrays(problem)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
+
+
+def problem_fingerprint(problem: SearchProblem) -> str:
+    """SHA-256 of everything that defines the problem (losses, costs, budgets, allowed options;
+    not ``meta``): two processes agree on a problem exactly when their fingerprints do."""
+    arrays = _arrays(problem, with_meta=False)
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def _arrays(problem: SearchProblem, with_meta: bool = True) -> dict[str, np.ndarray]:
+    """Every array of the file, the JSON header included as bytes."""
     p = problem
     arrays: dict[str, np.ndarray] = {
         "group_loss": np.array([g.loss for g in p.weight_groups], dtype=float).reshape(
@@ -63,12 +84,18 @@ def write_problem(problem: SearchProblem, path: Path) -> None:
         "a_bits": list(p.a_bits),
         "act_groups": list(p.act_groups),
         "resources": resources,
-        "meta": p.meta,
+        "meta": p.meta if with_meta else {},
     }
-    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:
-        np.savez(f, **arrays)
+    text = json.dumps(header, default=_plain_number)
+    arrays["header"] = np.frombuffer(text.encode(), dtype=np.uint8)
+    return arrays
+
+
+def _plain_number(value):
+    """numpy scalars (bits and budgets often are) as JSON numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def read_problem(path: Path) -> SearchProblem:

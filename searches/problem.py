@@ -26,8 +26,10 @@ worker process can solve it without the model or the data.
 
 from __future__ import annotations
 
+import copy
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +212,42 @@ class SearchProblem:
             act_bits={g: self.a_bits[j] for g, j in zip(self.act_groups, a, strict=True)},
             group_bits=tuple(self.w_bits[i] for i in w),
         )
+
+    # ---- variants ----------------------------------------------------------------------------
+    def with_budgets(self, budgets: Mapping[str, float | None]) -> SearchProblem:
+        """A copy whose resources named in ``budgets`` get those budgets (None: unbudgeted)."""
+        unknown = set(budgets) - {r.name for r in self.resources}
+        if unknown:
+            raise ValueError(f"no resource named {', '.join(sorted(unknown))}")
+        out = copy.copy(self)
+        out.resources = [
+            replace(r, budget=budgets[r.name]) if r.name in budgets else r for r in self.resources
+        ]
+        out.__post_init__()
+        return out
+
+    def rescaled(
+        self, layer_scale: Mapping[str, float], act_scale: Mapping[str, float] | None = None
+    ) -> SearchProblem:
+        """A copy whose predicted losses are multiplied per layer (every weight group of the
+        layer) and per activation group; costs and budgets are shared, not copied. Layers and
+        groups not named keep their losses."""
+        out = copy.copy(self)
+        out.weight_groups = [
+            replace(g, loss=g.loss * float(layer_scale[g.layer])) if g.layer in layer_scale else g
+            for g in self.weight_groups
+        ]
+        act_scale = act_scale or {}
+        factors = np.array([float(act_scale.get(g, 1.0)) for g in self.act_groups])
+        out.act_loss = np.asarray(self.act_loss, dtype=float) * factors.reshape(-1, 1)
+        out.__post_init__()
+        return out
+
+    def fingerprint(self) -> str:
+        """SHA-256 of losses, costs, budgets and allowed options (not ``meta``)."""
+        from searches._problem_file import problem_fingerprint
+
+        return problem_fingerprint(self)
 
     # ---- file round trip ------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

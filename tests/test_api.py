@@ -78,3 +78,17 @@ def test_errors_are_user_errors():
         search_plan(_model(), [], budget_mb=0.5)
     with pytest.raises(UserInputError, match="example_input"):
         search_plan(_model(), _batches(), budget_mb=0.5, example_input=torch.zeros(1, 5, 3, 3))
+
+
+def test_measured_searches_score_plans_on_samples_after_the_calibration_ones():
+    kw = dict(budget_mb=0.0009, wbits=(2, 4, 8), abits=(32,), calib_size=32, heldout_size=32)
+    ilp = search_plan(_model(), _batches(), **kw)
+    for extra in ({"rerank": 3}, {"search": "optuna", "trials": 4}):
+        plan = search_plan(_model(), _batches(), **kw, **extra)
+        assert plan.recompute_totals()["bytes"] <= 900
+        # the measured best is the ILP plan or one the measurement prefers
+        assert plan.totals["predicted_loss_increase"] >= ilp.totals["predicted_loss_increase"] * (
+            1 - 1e-6
+        )
+    with pytest.raises(UserInputError, match="beyond the 32 calibration"):
+        search_plan(_model(), _batches(32), **kw, rerank=2)

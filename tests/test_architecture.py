@@ -25,7 +25,7 @@ ALLOWED = {
     "searches": ("searches", "hawq_search.core"),
 }
 # third-party modules the bottom layers may use
-THIRD_PARTY_OK = {"numpy", "scipy", "yaml"}
+THIRD_PARTY_OK = {"numpy", "scipy", "yaml", "optuna"}
 
 
 def _module_name(path: Path) -> str:

@@ -250,3 +250,16 @@ def test_stream_over_the_jpeg_test_split_has_10000_images():
     assert data.indices == list(range(10000))
     x, y = next(data.batches(8))
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+@pytest.mark.parametrize("n", [50, 1000])
+def test_heldout_indices_follow_the_calibration_ones_and_never_overlap(n):
+    from hawq_search.data.datasets import subset_indices
+
+    calib = subset_indices(n, 20, seed=3)
+    held = subset_indices(n, 25, seed=3, skip=20)
+    assert len(calib) == 20 and len(held) == 25 and not set(calib) & set(held)
+    assert set(subset_indices(n, 45, seed=3)) == set(calib) | set(held)  # the same permutation
+    assert set(subset_indices(n, 0, seed=3, skip=20)).isdisjoint(calib)  # the whole rest
+    with pytest.raises(UserInputError, match="no images left"):
+        subset_indices(n, 5, seed=3, skip=n)

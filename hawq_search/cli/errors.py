@@ -65,6 +65,9 @@ def run_cli(group: click.Group, args: list[str] | None = None) -> int:
     """Run ``group`` and translate every outcome into an exit status."""
     flags = cli_flags(group)
     warnings.showwarning = _warning_printer(flags)
+    import logging
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)  # trials show in our progress bar
     debug = "--debug" in (args if args is not None else sys.argv[1:])
     try:
         group.main(args=args, standalone_mode=False, prog_name="hawq-search")

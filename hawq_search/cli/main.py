@@ -31,12 +31,15 @@ def cli(debug: bool) -> None:
 def run(**kw) -> None:
     """Sensitivities, exact ILP search, uniform baseline and PTQ evaluation, end to end."""
     from hawq_search.plan import Plan
-    from hawq_search.report import console_table, solver_status
+    from hawq_search.report import console_table, search_lines, solver_status
     from hawq_search.run import run_job
 
     with make_pipeline(**kw) as pipe:
         summary = run_job(pipe)
     click.echo(console_table(summary, plan=Plan.load(pipe.out / "plan.json")))
+    for line in search_lines(summary.get("search", {})):
+        if line:
+            click.echo(line)
     t = summary["timings_s"]
     click.echo(
         f"search: {solver_status(summary['solver'])}; "
@@ -120,6 +123,35 @@ def evaluate(plan_path: str, **kw) -> None:
     totals = plan.recompute_totals()
     click.echo(
         f"float top-1 {fp:.2f} %; plan top-1 {q:.2f} % ({totals['mb']:.4f} MB, {totals['avg_weight_bits']:.3f} mean weight bits) on {len(pipe.eval_data)} images"
+    )
+
+
+@cli.command()
+@model_options
+@search_options
+@eval_options
+@click.option("--budgets-mb", "sweep_mb", help="Size budgets to sweep: start:stop:count or a list.")
+@click.option("--latencies-ms", "sweep_ms", help="Latency budgets to sweep (--accelerator).")
+@click.option("--energies-mj", "sweep_mj", help="Energy budgets to sweep (--accelerator).")
+def pareto(sweep_mb, sweep_ms, sweep_mj, **kw) -> None:
+    """One searched plan per budget, each measured: pareto.json, pareto.png and report.md."""
+    from hawq_search.core.exceptions import UserInputError
+    from hawq_search.pareto import parse_sweep, run_pareto
+
+    given = {"budget_mb": sweep_mb, "latency_ms": sweep_ms, "energy_mj": sweep_mj}
+    given = {k: v for k, v in given.items() if v}
+    if len(given) != 1:
+        raise UserInputError(
+            "give exactly one range to sweep: --budgets-mb, --latencies-ms or --energies-mj "
+            "(other budgets stay fixed through --budget-mb, --latency-ms, --energy-mj)"
+        )
+    ((field, text),) = given.items()
+    sweep = parse_sweep(field, text)
+    kw[field] = sweep.values[-1]  # validated with the loosest budget
+    with make_pipeline(**kw) as pipe:
+        data = run_pareto(pipe, sweep, progress=click.echo)
+    click.echo(
+        f"wrote {pipe.out}/pareto.json, pareto.png, report.md and {len(data['points'])} plans"
     )
 
 

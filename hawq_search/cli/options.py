@@ -7,7 +7,15 @@ import math
 
 import click
 
-from hawq_search.config import DATASETS, PRECISIONS, SENSITIVITY_METHODS, RunConfig
+from hawq_search.config import (
+    DATASETS,
+    OBJECTIVES,
+    PRECISIONS,
+    SAMPLERS,
+    SENSITIVITY_METHODS,
+    TRADEOFFS,
+    RunConfig,
+)
 
 
 def parse_bits(ctx, param, value: str | None):
@@ -207,7 +215,66 @@ search_options = _compose(
         "--search",
         default="ilp",
         show_default=True,
-        help="Solver: ilp, or package.module:Class naming your own searches.BaseSearch.",
+        help="Solver: ilp (exact on the predicted loss), optuna (corrects the prediction per "
+        "layer by measuring plans), or package.module:Class naming your own searches.BaseSearch.",
+    ),
+    click.option(
+        "--rerank",
+        type=int,
+        help="Measure the ILP's K best distinct plans on held-out train images and keep the "
+        "best (search ilp).",
+    ),
+    click.option(
+        "--trials",
+        default=100,
+        show_default=True,
+        type=int,
+        help="Complete Optuna trials the study should reach (over all workers).",
+    ),
+    click.option(
+        "--objective",
+        default="measured",
+        show_default=True,
+        type=click.Choice(OBJECTIVES),
+        help="What an Optuna trial minimises: the PTQ loss on held-out train images, or the "
+        "predicted loss increase (fast).",
+    ),
+    click.option(
+        "--tradeoff",
+        type=click.Choice(TRADEOFFS),
+        help="Multi-objective study: the objective against this resource's cost (below its "
+        "budget); the result is a Pareto set.",
+    ),
+    click.option(
+        "--sampler",
+        default="tpe",
+        show_default=True,
+        type=click.Choice(SAMPLERS),
+        help="Optuna sampler (tpe is multi-objective TPE with --tradeoff).",
+    ),
+    click.option(
+        "--storage",
+        help="Optuna storage URL, e.g. postgresql+psycopg://user:pw@host/db for workers on several "
+        "machines (default: sqlite study.db in the run directory).",
+    ),
+    click.option(
+        "--study", help="Study name (default hawq-search); naming one joins it if it exists."
+    ),
+    click.option(
+        "--workers",
+        type=int,
+        help="Optuna worker processes on this machine (default 1).",
+    ),
+    click.option("--resume", is_flag=True, help="Continue the run directory's Optuna study."),
+    click.option(
+        "--search-timeout", type=float, help="Stop starting Optuna trials after this many seconds."
+    ),
+    click.option(
+        "--heldout-size",
+        default=1000,
+        show_default=True,
+        type=int,
+        help="Held-out train images (after the calibration ones) that measured objectives use.",
     ),
     click.option(
         "--hessian-probes",
@@ -252,7 +319,7 @@ eval_options = _compose(
 
 
 # RunConfig field -> CLI option name, where they differ.
-CONFIG_NAMES = {"time_limit_s": "time_limit"}
+CONFIG_NAMES = {"time_limit_s": "time_limit", "search_timeout_s": "search_timeout"}
 
 
 def build_config(**kw) -> RunConfig:
@@ -265,6 +332,7 @@ def build_config(**kw) -> RunConfig:
     c.progress = not kw.get("quiet", False)
     c.bn_correction = not kw.get("no_bn_correction", False)
     c.trust_checkpoint = bool(kw.get("trust_checkpoint", False))
+    c.resume = bool(kw.get("resume", False))
     return c
 
 

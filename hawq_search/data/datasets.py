@@ -305,14 +305,22 @@ def _check_classes(ds: Dataset, max_classes: int | None, source: str) -> None:
         )
 
 
-def subset_indices(n: int, size: int | None, seed: int) -> list[int]:
+def subset_indices(n: int, size: int | None, seed: int, skip: int = 0) -> list[int]:
     """The seeded subset of ``range(n)`` both :func:`load_subset` modes read: ``size`` indices
-    of a seeded permutation, sorted (all of ``range(n)`` when ``size`` is 0, None or >= n)."""
+    of a seeded permutation after its first ``skip`` ones, sorted (all of ``range(n)`` when
+    ``size`` is 0, None or >= n and nothing is skipped). Subsets of one seed with
+    non-overlapping ``skip`` ranges are disjoint: held-out images never overlap calibration."""
     if size is not None and size < 0:
         raise UserInputError(f"subset size must be >= 0, got {size}")
-    if size and size < n:
+    if skip and skip >= n:
+        raise UserInputError(
+            f"no images left after the first {skip} of {n}: fewer calibration images, or a "
+            "larger split"
+        )
+    if (size and size < n) or skip:
         gen = torch.Generator().manual_seed(seed)
-        return sorted(torch.randperm(n, generator=gen)[:size].tolist())
+        stop = skip + size if size else n
+        return sorted(torch.randperm(n, generator=gen)[skip:stop].tolist())
     return list(range(n))
 
 
@@ -329,6 +337,7 @@ def load_subset(
     num_workers: int = 0,
     max_classes: int | None = None,
     size_param: str = "size",
+    skip: int = 0,
 ) -> TensorData | StreamData:
     """A seeded random subset of ``size`` images (all when ``size`` is 0 or None).
 
@@ -337,7 +346,8 @@ def load_subset(
     same indices that decodes them batch by batch on every pass (``progress`` is then unused:
     the caller's pass reports its own progress). A data set with more classes than
     ``max_classes`` is refused; a ``size`` above the split's size warns (as ``size_param``) and
-    takes the whole split.
+    takes the whole split. ``skip``: leave out the permutation's first ``skip`` indices (those
+    of a ``size=skip`` subset of the same seed).
     """
     _check_num_workers(num_workers)
     ds = load_split(dataset, data_dir, split, pre)
@@ -346,15 +356,17 @@ def load_subset(
         raise DataNotFoundError(f"the {split} split of {dataset} in {data_dir} has no images")
     source = f"{dataset}:{split}"
     _check_classes(ds, max_classes, f"{source} ({data_dir or 'default location'})")
-    if size and size > n:
+    if size and size > n - skip:
         warnings.warn(
             InputWarning(
-                f"{size_param} {size} is more than the {n} images of {source}: using all {n}",
+                f"{size_param} {size} is more than the {n - skip} images of {source}"
+                + (f" left after {skip}" if skip else "")
+                + f": using all {n - skip}",
                 params=(size_param,),
             ),
             stacklevel=2,
         )
-    indices = subset_indices(n, size, seed)
+    indices = subset_indices(n, size, seed, skip)
     if not in_memory:
         return StreamData(ds, indices, source, num_workers=num_workers)
     loader = _loader(Subset(ds, indices), _LOAD_BATCH, num_workers)
