@@ -156,7 +156,7 @@ def plot_pareto(data: dict, path: Path) -> None:
         ax.annotate(f"W{u['w_bits']}A{u['a_bits']}", (u["cost"], u["top1"]), fontsize=7,
                     textcoords="offset points", xytext=(3, -9))  # fmt: skip
     ax.axhline(data["float_top1"], color="gray", linestyle="--", label="float")
-    tops = [p["top1"] for p in pts] + [data["float_top1"]]
+    tops = [p["top1"] for p in pts] + [u["top1"] for u in uni] + [data["float_top1"]]
     ax.set_ylim(max(0.0, min(tops) - 5), data["float_top1"] + 2)
     ax.set_xlabel(f"{data['resource']} ({data['unit']})")
     ax.set_ylabel(f"top-1 (%) on {data['eval_images']} images of {data['eval_source']}")
