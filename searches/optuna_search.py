@@ -129,6 +129,7 @@ class OptunaSearch(BaseSearch):
         self.inner = inner or IlpSearch().solve
         self.timeout_s, self.progress = timeout_s, progress
         self._warm: list[Solution] = []
+        self._cache: dict[tuple[str, str], dict[str, float]] = {}
         self.study: optuna.Study | None = None
 
     def warm_start(self, solutions: Sequence[Solution]) -> None:
@@ -187,12 +188,26 @@ class OptunaSearch(BaseSearch):
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         value = sol.objective
         if self.measure is not None:
-            metrics = {k: float(v) for k, v in self.measure(sol).items()}
+            metrics = self._measured(self.study, sol)
             trial.set_user_attr("metrics", metrics)
             value = metrics["loss"]
         if self.tradeoff is None:
             return value
         return value, sol.totals[self.tradeoff]
+
+    def _measured(self, study: optuna.Study, sol: Solution) -> dict[str, float]:
+        """The plan's measurement; a plan an earlier trial (of any worker) already measured is
+        not measured again -- different multipliers often give the same plan."""
+        key = (_encode(sol.w_choice), _encode(sol.a_choice))
+        if key not in self._cache:
+            for t in _trials(study, (TrialState.COMPLETE,)):
+                ua = t.user_attrs
+                if (ua.get("w_choice"), ua.get("a_choice")) == key and "metrics" in ua:
+                    self._cache[key] = dict(ua["metrics"])
+                    break
+            else:
+                self._cache[key] = {k: float(v) for k, v in self.measure(sol).items()}
+        return dict(self._cache[key])
 
     def _progress_cb(self, t0: float):
         finished = [0]

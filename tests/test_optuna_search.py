@@ -218,3 +218,20 @@ def test_a_study_killed_with_sigkill_resumes_without_losing_finished_trials(tmp_
     after = _complete(_study(url))
     assert all(after[k] == v for k, v in before.items())  # nothing lost or re-run
     assert out.stats["trials_complete"] == len(before) + 3
+
+
+def test_a_plan_is_measured_once_however_many_trials_give_it(tmp_path):
+    p, _ = _feasible_problem(3)
+    calls = []
+
+    def measure(sol):
+        calls.append((tuple(sol.w_choice), tuple(sol.a_choice)))
+        return {"loss": sol.objective}
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    res = OptunaSearch(12, measure=measure, storage=url, seed=0).solve(p)
+    assert res.stats["trials_complete"] == 12
+    assert len(calls) == len(set(calls))  # no plan measured twice in this process
+    again = OptunaSearch(16, measure=measure, storage=url, seed=1, if_exists="join")
+    again.solve(p)
+    assert len(calls) == len(set(calls))  # nor by a resumed search: the study has them
