@@ -38,6 +38,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -629,7 +630,7 @@ def report(res: dict, cmd: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--work", default="/tmp/hawq_bench_accel")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir(), "hawq_bench_accel")))
     ap.add_argument("--parts", default="1,2,3")
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--part3-runs", type=int, default=3, help="independent profile + timing runs")

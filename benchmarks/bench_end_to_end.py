@@ -195,7 +195,10 @@ def main() -> None:
     args = ap.parse_args()
     setup_torch()
     header = Header()
-    data: dict = {"args": vars(args), "cli": CLI}
+    data: dict = {
+        "args": vars(args),
+        "cli": "hawq-search (console script next to this interpreter)",
+    }
     data["idle"] = idle_record(timeout_s=args.idle_timeout)
     repeats = args.runs or (1 if args.quick else 3)
     data["runs"] = {"default (A8)": [run_cli([], args.quick) for _ in range(repeats)]}
@@ -204,7 +207,7 @@ def main() -> None:
         run_cli([], args.quick, NO_BF16_ENV) for _ in range(repeats)
     ]
     data["median_wall_s"] = {k: median([r["wall_s"] for r in v]) for k, v in data["runs"].items()}
-    out_dir = Path("/tmp/hawq_bench_quick") if args.quick else RESULTS
+    out_dir = Path(tempfile.gettempdir(), "hawq_bench_quick") if args.quick else RESULTS
     title = "End-to-end CLI wall time" + (" (QUICK smoke test)" if args.quick else "")
     md, js = write_results("end_to_end", header, title, render(data), data, out_dir)
     log(f"wrote {md} and {js}")

@@ -38,6 +38,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -330,7 +331,7 @@ def parent(args) -> None:
     }
     data["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     data["wall_s"] = time.perf_counter() - t0
-    out_dir = Path("/tmp/hawq_bench_quick") if args.quick else RESULTS
+    out_dir = Path(tempfile.gettempdir(), "hawq_bench_quick") if args.quick else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "eval_memory.md", out_dir / "eval_memory.json"
     md.write_text(render(data))

@@ -393,7 +393,7 @@ def main() -> None:
     data["resnet50_cases"] = resnet50_cases(graph, table, args.repeats, args.quick)
     data["resnet50"] = resnet50_info(graph, table_s)
     data["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
-    out_dir = Path("/tmp/hawq_bench_quick") if args.quick else RESULTS
+    out_dir = Path(tempfile.gettempdir(), "hawq_bench_quick") if args.quick else RESULTS
     title = "ILP solve time" + (" (QUICK smoke test)" if args.quick else "")
     md, js = write_results("ilp_solve_time", header, title, render(data, args), data, out_dir)
     log(f"wrote {md} and {js}")

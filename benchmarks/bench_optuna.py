@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--work", default="/tmp/hawq_bench_optuna")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir(), "hawq_bench_optuna")))
     ap.add_argument("--budgets", default="0.32,0.25", help="comma list of MB budgets")
     ap.add_argument("--settings", default="A32,A8", help="comma list of A32, A8")
     args = ap.parse_args()
@@ -207,7 +208,7 @@ def main() -> None:
             rows += done[f"{budget}/{label}"]
     data = {"model": args.model, "rows": rows, "eval_lossless": 200 if args.quick else 1000,
             "eval_jpeg": 0 if jpeg is None else len(jpeg), "heldout": 1000}  # fmt: skip
-    out_dir = Path("/tmp/hawq_bench_quick") if args.quick else RESULTS
+    out_dir = Path(tempfile.gettempdir(), "hawq_bench_quick") if args.quick else RESULTS
     title = "Optuna search on measured accuracy" + (" (QUICK smoke test)" if args.quick else "")
     md, js = write_results("optuna_search", header, title, render(data), data, out_dir)
     log(f"wrote {md} and {js}")

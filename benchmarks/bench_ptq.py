@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -123,7 +124,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one budget (0.3346 MB), 200-image evals")
     ap.add_argument("--budgets", type=str, default=None, help="comma-separated MB budgets")
     ap.add_argument("--eval-size", type=int, default=None, help="images per eval set (0 = all)")
-    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/hawq_bench_ptq"))
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir(), "hawq_bench_ptq"))
     ap.add_argument("--results-dir", type=Path, default=None)
     ap.add_argument("--time-limit", type=float, default=60.0, help="ILP time limit (s)")
     ap.add_argument(

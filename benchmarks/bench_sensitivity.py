@@ -830,7 +830,7 @@ def main() -> None:
     out_dir = (
         Path(args.out_dir)
         if args.out_dir
-        else (Path("/tmp/hawq_bench_quick") if args.quick else RESULTS)
+        else (Path(tempfile.gettempdir(), "hawq_bench_quick") if args.quick else RESULTS)
     )
     tmp = Path(tempfile.mkdtemp(prefix="hawq_bench_sens_"))
     title = "Sensitivity fidelity and timing" + (" (QUICK smoke test)" if args.quick else "")
