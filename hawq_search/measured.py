@@ -27,7 +27,6 @@ class HeldoutMeasure:
     def __init__(self, pipe: Pipeline, data: TensorData | None = None) -> None:
         self.pipe = pipe
         self._data = data
-        self.calls = 0
 
     @property
     def data(self) -> TensorData:
@@ -39,5 +38,4 @@ class HeldoutMeasure:
         plan = self.pipe.make_plan(dict(solution.layer_bits), dict(solution.act_bits))
         model = self.pipe.quantized_model(plan)
         loss, top1 = loss_and_top1(model, self.data)
-        self.calls += 1
         return {"loss": loss, "top1": top1}

@@ -11,7 +11,7 @@ channels under every budget. So
   count;
 * every trial is feasible by construction and channel-optimal for its rescaled objective:
   Optuna only moves the trade-off *between* layers where measurement disagrees with the proxy;
-* the all-ones trial is the plain ILP optimum; it is enqueued first (:meth:`warm_start`), so the
+* the all-ones trial is the plain ILP optimum; it is enqueued first, so the
   study can only improve on it.
 
 A trial's value is the objective of the plan it produced on the *original* problem: the proxy
@@ -128,13 +128,8 @@ class OptunaSearch(BaseSearch):
         self.if_exists, self.study_attrs = if_exists, dict(study_attrs or {})
         self.inner = inner or IlpSearch().solve
         self.timeout_s, self.progress = timeout_s, progress
-        self._warm: list[Solution] = []
         self._cache: dict[tuple[str, str], dict[str, float]] = {}
         self.study: optuna.Study | None = None
-
-    def warm_start(self, solutions: Sequence[Solution]) -> None:
-        """Known plans; the all-ones trial (the plain ILP optimum) is enqueued in any case."""
-        self._warm = list(solutions)
 
     def describe(self) -> dict:
         return {
