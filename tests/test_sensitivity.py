@@ -461,6 +461,7 @@ def _reference_case(net: str):
     """Model, graph, data, clips and the straightforward sums of one test network (cached: the
     reference does not depend on the method)."""
     model = tiny_net() if net == "tiny" else _odd_net()
+    _randomize_batchnorms(model)  # so that folding them into the convs (fisher) is tested
     data = synthetic_data(40, seed=3)
     graph = trace_model(model, torch.zeros(1, 3, 16, 16))
     stats = collect_act_stats(model, graph, data)
@@ -485,6 +486,37 @@ def test_fast_paths_equal_straightforward_per_sample_gradients(net, method, max_
     weight, act = _expected(method, ref, deltas, graph, len(data))
     _assert_same(t.weight, weight, "weight")
     _assert_same(t.act, act, "act")
+
+
+def _randomize_batchnorms(model: nn.Module) -> None:
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen))
+                m.running_var.copy_(torch.rand(c, generator=gen) * 3 + 0.1)
+                m.weight.copy_(torch.randn(c, generator=gen))
+                m.bias.copy_(torch.randn(c, generator=gen))
+
+
+def test_batchnorms_fold_into_the_convs_they_follow():
+    """A BatchNorm that is the sole reader of a conv's output folds into it; the folded copy
+    computes the same logits, and the original model is untouched."""
+    from hawq_search.sensitivity.folding import fold_batchnorms
+
+    model = tiny_net()
+    _randomize_batchnorms(model)
+    graph = trace_model(model, torch.zeros(1, 3, 16, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorms(model, graph)
+    assert sorted(folded.scales) == ["conv1", "conv2", "dw"]  # side has no BatchNorm
+    assert folded.model is not model
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(folded.model(x), model(x), atol=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def _odd_net() -> OddNet:

@@ -4,7 +4,8 @@ For every quantizable layer the per-sample weight gradient ``G_n`` (shape ``C_ou
 rebuilt from the layer input and output gradient that one ordinary backward pass provides, a
 few samples at a time (:func:`per_sample_grads`: one grouped-convolution weight gradient per
 chunk), squared and contracted while still in cache, instead of running a vmap over samples.
-Parameters do not require grad, so autograd never forms the batch weight gradient. On a 2-core
+Parameters do not require grad, so autograd never forms the batch weight gradient, and
+eval-mode BatchNorms run folded into their convs (:mod:`.folding`). On a 2-core
 AVX2 EPYC this costs about one FP32 training step over the same images
 (benchmarks/results/sensitivity_speed.md).
 
@@ -52,6 +53,7 @@ from hawq_search.data.datasets import TensorData
 from hawq_search.graph.trace import ModelGraph
 from hawq_search.quant.activation import quantize_activation
 from hawq_search.quant.weight import is_quantized, mse_weight_scales, quantize_per_channel
+from hawq_search.sensitivity.folding import FoldedModel, fold_batchnorms
 from hawq_search.sensitivity.table import SensitivityTable
 
 __all__ = [
@@ -276,10 +278,13 @@ def fisher_sensitivity(
     t0 = time.perf_counter()
     deltas = layer_weight_deltas(model, graph, w_bits)
     quantized = [i for i, b in enumerate(w_bits) if is_quantized(b)]
+    folded = fold_batchnorms(model, graph)
     ctx = _Context(
-        graph, METHODS[method], deltas, a_bits, act_clips, act_signed, dtype, loss_fn, quantized
-    )
+        graph, METHODS[method], deltas, a_bits, act_clips, act_signed, dtype, loss_fn, quantized,
+        folded,
+    )  # fmt: skip
     sums = _Sums(deltas, graph.act_groups, len(a_bits), ctx.passes)
+    model = folded.model  # the original, or a BatchNorm-folded copy of it
     params = list(model.parameters())
     req = [p.requires_grad for p in params]
     for p in params:
@@ -326,6 +331,7 @@ class _Context:
     dtype: torch.dtype
     loss_fn: LossFn | None
     quantized: list[int]  # indices of the weight bit options that perturb the weights
+    folded: FoldedModel  # the model the pass runs, and how its output gradients map back
 
 
 # One backward pass's statistics for the samples a mask selects (None: every sample).
@@ -403,6 +409,7 @@ def _accumulate(ctx: _Context, inputs, feeds: list[_Feed], grads, sums: _Sums) -
     layers = ctx.graph.layers
     gys = grads[: len(layers)]
     for layer, gy in zip(layers, gys, strict=True):
+        gy = ctx.folded.output_grad(layer.name, gy)
         _weight_terms(ctx, layer, inputs[layer.name], gy, feeds, sums)
     act_feeds = [(pas, mask) for pas, mask in feeds if pas.act]
     if act_feeds:
