@@ -100,14 +100,22 @@ def _onednn_isa_allows_bf16() -> bool:
 def cpu_description() -> str:
     """CPU model, torch's CPU capability and the bf16 verdict, for results files."""
     model = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break  # the first processor is enough
     except OSError:
         pass
+    model = fields.get("model name", model)
+    if "cpu family" in fields and "model" in fields:
+        # Virtual machines often show only "AMD EPYC": family/model tell Zen 3 (25/1) from Zen 4.
+        model += f" family {fields['cpu family']} model {fields['model']}"
     capability = torch.backends.cpu.get_cpu_capability()
     native = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return f"{model} ({os.cpu_count()} cores, torch capability {capability}, {native})"

@@ -564,3 +564,15 @@ def test_per_sample_grads_of_a_batch_slice_equal_autograd(dtype):
     ref = _autograd_per_sample(conv, x[3:8], gy[3:8])
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     assert torch.allclose(got, ref, atol=tol * ref.abs().max(), rtol=tol)
+
+
+@pytest.mark.parametrize("method", ["fisher", "fisher-diag", "empirical-fisher"])
+def test_weights_only_tables_equal_the_weight_part_of_full_tables(method):
+    """With no quantized activation option the pass forms no layer-input gradients (and not the
+    model input's): weight sensitivities are unchanged, activation terms are zero."""
+    model, graph, data, clips, signed, _ref = _reference_case("tiny")
+    kw = dict(method=method, batch_size=16, precision="fp32", seed=0)
+    full = fisher_sensitivity(model, graph, data, W_BITS, A_BITS, clips, signed, **kw)
+    only = fisher_sensitivity(model, graph, data, W_BITS, (16, 32), clips, signed, **kw)
+    _assert_same(only.weight, full.weight, "weight")
+    assert all(not np.any(v) for v in only.act.values())

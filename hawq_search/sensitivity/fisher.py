@@ -191,6 +191,8 @@ class _Recorder:
 
     def _post(self, name):
         def hook(_m, _inputs, out):
+            if not out.requires_grad:  # nothing upstream needs a gradient: start the graph here
+                out.requires_grad_(True)
             self.outputs[name] = out
             return out
 
@@ -333,6 +335,12 @@ class _Context:
     quantized: list[int]  # indices of the weight bit options that perturb the weights
     folded: FoldedModel  # the model the pass runs, and how its output gradients map back
 
+    @property
+    def act_quantized(self) -> bool:
+        """Whether any activation option quantizes (else activation terms are all zero and
+        the layer-input gradients they need are not formed)."""
+        return any(is_quantized(b) for b in self.a_bits)
+
 
 # One backward pass's statistics for the samples a mask selects (None: every sample).
 _Feed = tuple[_Pass, "torch.Tensor | None"]
@@ -350,7 +358,8 @@ def _batch(model, rec: _Recorder, ctx: _Context, sums: _Sums, x, y, gen) -> None
     """
     device = next(iter(ctx.deltas.values())).device
     x, y = x.to(device), y.to(device)
-    logits, wanted = _forward(model, rec, ctx, x, any(p.act for p in ctx.passes))
+    act = ctx.act_quantized and any(p.act for p in ctx.passes)
+    logits, wanted = _forward(model, rec, ctx, x, act)
     labels = [_labels(pas, logits, y, ctx.loss_fn, gen) for pas in ctx.passes]
     same = [None] + [(lab == labels[0]).float() for lab in labels[1:]]
     loss = batch_loss(ctx.loss_fn, logits, labels[0])
@@ -362,7 +371,9 @@ def _batch(model, rec: _Recorder, ctx: _Context, sums: _Sums, x, y, gen) -> None
         rest = (mask == 0).nonzero().squeeze(1)
         if rest.numel() == 0:
             continue
-        sub_logits, wanted = _forward(model, rec, ctx, x[rest], pas.act is not None)
+        sub_logits, wanted = _forward(
+            model, rec, ctx, x[rest], ctx.act_quantized and pas.act is not None
+        )
         loss = batch_loss(ctx.loss_fn, sub_logits, lab[rest])
         grads = torch.autograd.grad(loss, wanted)
         sub_inputs = {name: v[rest] for name, v in inputs.items()}
@@ -370,8 +381,12 @@ def _batch(model, rec: _Recorder, ctx: _Context, sums: _Sums, x, y, gen) -> None
 
 
 def _forward(model, rec: _Recorder, ctx: _Context, x, act: bool):
-    """Logits, and the tensors to differentiate: every layer's output, then (``act``) input."""
-    x = x.clone().requires_grad_(True)
+    """Logits, and the tensors to differentiate: every layer's output, then (``act``) input.
+
+    Without activation terms the input needs no gradient: the graph starts at the first
+    layers' outputs, so the backward skips the first conv's input gradient."""
+    if act:
+        x = x.clone().requires_grad_(True)
     rec.inputs.clear(), rec.aliases.clear(), rec.outputs.clear()
     low = ctx.dtype != torch.float32
     with torch.autocast(x.device.type, dtype=ctx.dtype, enabled=low):
@@ -411,7 +426,7 @@ def _accumulate(ctx: _Context, inputs, feeds: list[_Feed], grads, sums: _Sums) -
     for layer, gy in zip(layers, gys, strict=True):
         gy = ctx.folded.output_grad(layer.name, gy)
         _weight_terms(ctx, layer, inputs[layer.name], gy, feeds, sums)
-    act_feeds = [(pas, mask) for pas, mask in feeds if pas.act]
+    act_feeds = [(pas, mask) for pas, mask in feeds if pas.act and ctx.act_quantized]
     if act_feeds:
         gxs = {layer.name: gx for layer, gx in zip(layers, grads[len(layers) :], strict=True)}
         _act_terms(ctx, inputs, gxs, act_feeds, sums)
