@@ -478,6 +478,8 @@ def test_fast_paths_equal_straightforward_per_sample_gradients(net, method, max_
     from hawq_search.sensitivity import fisher as fisher_mod
 
     monkeypatch.setattr(fisher_mod, "_MAX_CHUNK", max_chunk)  # several chunks per batch too
+    if max_chunk < 16:  # and several activation chunks
+        monkeypatch.setattr(fisher_mod, "_CHUNK_ELEMENTS", 1500)
     model, graph, data, clips, signed, (ref, deltas) = _reference_case(net)
     t = fisher_sensitivity(
         model, graph, data, W_BITS, A_BITS, clips, signed, method=method, batch_size=16,
@@ -576,3 +578,15 @@ def test_weights_only_tables_equal_the_weight_part_of_full_tables(method):
     only = fisher_sensitivity(model, graph, data, W_BITS, (16, 32), clips, signed, **kw)
     _assert_same(only.weight, full.weight, "weight")
     assert all(not np.any(v) for v in only.act.values())
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_activation_error_equals_quantize_minus_input(bits, signed):
+    from hawq_search.sensitivity.fisher import _act_error
+
+    x = torch.randn(5, 300) * 3
+    if not signed:
+        x = x.relu()
+    want = quantize_activation(x, bits, 2.5, signed) - x
+    assert torch.equal(_act_error(x, bits, 2.5, signed), want)
