@@ -62,9 +62,11 @@ class LayerPlan:
     predicted_loss_increase: float = 0.0
     info: LayerInfo | None = field(default=None, repr=False, compare=False)
     hardware: dict | None = None  # latency_s, energy_j, bound, extrapolated under the accelerator
+    # Learned per-channel weight scales of a fine-tuned plan (None: MSE scales at apply time).
+    w_scale: list[float] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "name": self.name,
             "type": self.type,
             "weight_shape": list(self.weight_shape),
@@ -79,6 +81,9 @@ class LayerPlan:
             "hardware": self.hardware,
             "layer": self.info.to_dict() if self.info else None,
         }
+        if self.w_scale is not None:
+            d["w_scale"] = [float(v) for v in self.w_scale]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerPlan:
@@ -97,6 +102,7 @@ class LayerPlan:
             predicted_loss_increase=float(d.get("predicted_loss_increase", 0.0)),
             info=info,
             hardware=d.get("hardware"),
+            w_scale=None if d.get("w_scale") is None else [float(v) for v in d["w_scale"]],
         )
 
 
@@ -316,6 +322,8 @@ def _channel_problem(lp: LayerPlan) -> str | None:
     channels = lp.weight_shape[0]
     if len(lp.w_bits) != channels:
         return f"{len(lp.w_bits)} w_bits for weight_shape[0] = {channels} output channels"
+    if lp.w_scale is not None and len(lp.w_scale) != channels:
+        return f"{len(lp.w_scale)} w_scale values for {channels} output channels"
     if lp.info is not None:
         if tuple(lp.info.weight_shape) != tuple(lp.weight_shape):
             return (
@@ -363,7 +371,9 @@ def apply_plan(model: nn.Module, plan: Plan, *, inplace: bool = False) -> nn.Mod
     """Return ``model`` with every planned layer replaced by its fake-quant version.
 
     The result trains like any module (straight-through rounding), so it drops into the user's
-    own training loop; parameter names are unchanged. Raises :class:`PlanMismatchError` listing
+    own training loop; parameter names are unchanged. Layers with learned scales (``w_scale``,
+    written by a fine-tune) use them instead of MSE scales, so the fine-tuned model is rebuilt
+    exactly from its checkpoint and plan. Raises :class:`PlanMismatchError` listing
     every layer whose name or shape differs from the plan.
     """
     import torch
@@ -380,7 +390,9 @@ def apply_plan(model: nn.Module, plan: Plan, *, inplace: bool = False) -> nn.Mod
         act = act_quant.get(lp.act_group) if is_quantized(lp.a_bits) else None
         m = modules[lp.name]
         bits = torch.tensor(lp.w_bits, dtype=torch.int64)
-        q = (QuantConv2d if isinstance(m, nn.Conv2d) else QuantLinear).from_float(m, bits, act)
+        scales = None if lp.w_scale is None else torch.tensor(lp.w_scale, dtype=torch.float32)
+        cls = QuantConv2d if isinstance(m, nn.Conv2d) else QuantLinear
+        q = cls.from_float(m, bits, act, scales=scales)
         parent_name, _, child = lp.name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, q)

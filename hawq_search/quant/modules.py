@@ -54,19 +54,32 @@ class QuantLayer:
     act_quant: ActQuantizer | None
 
     @classmethod
-    def from_float(cls, layer: nn.Module, bits: torch.Tensor, act: ActQuantizer | None):
-        """Wrap ``layer``'s own parameters (shared, not copied) in the fake-quant subclass."""
+    def from_float(
+        cls,
+        layer: nn.Module,
+        bits: torch.Tensor,
+        act: ActQuantizer | None,
+        *,
+        scales: torch.Tensor | None = None,
+    ):
+        """Wrap ``layer``'s own parameters (shared, not copied) in the fake-quant subclass;
+        ``scales`` (learned by a fine-tune) replace the MSE scales."""
         q = cls.__new__(cls)
         q.__dict__ = layer.__dict__.copy()
         q._parameters = dict(layer._parameters)
         q._buffers = dict(layer._buffers)
         q._modules = dict(layer._modules)
-        q._init_quant(bits, act)
+        q._init_quant(bits, act, scales)
         return q
 
-    def _init_quant(self, bits: torch.Tensor, act: ActQuantizer | None) -> None:
+    def _init_quant(
+        self, bits: torch.Tensor, act: ActQuantizer | None, scales: torch.Tensor | None = None
+    ) -> None:
         self.register_buffer("w_bits", bits.to(self.weight.device, torch.int64).clone())
-        self.register_buffer("w_scale", mse_scales_for_bits(self.weight.detach(), self.w_bits))
+        if scales is None:
+            scales = mse_scales_for_bits(self.weight.detach(), self.w_bits)
+        scales = scales.to(self.weight.device, torch.float32).clone()
+        self.register_buffer("w_scale", scales)
         self.act_quant = act
 
     def quantized_weight(self) -> torch.Tensor:

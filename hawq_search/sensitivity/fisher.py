@@ -39,6 +39,7 @@ Activation sensitivities use the same estimator on the gradient w.r.t. each quan
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -287,27 +288,14 @@ def fisher_sensitivity(
     )  # fmt: skip
     sums = _Sums(deltas, graph.act_groups, len(a_bits), ctx.passes)
     model = folded.model  # the original, or a BatchNorm-folded copy of it
-    params = list(model.parameters())
-    req = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    was_training = model.training
-    model.eval()
-    rec = _Recorder(model, graph)
     n_total = 0
     gen = torch.Generator().manual_seed(seed)
-    try:
+    with _frozen_eval(model), contextlib.closing(_Recorder(model, graph)) as rec:
         for x, y in data.batches(batch_size):
             _batch(model, rec, ctx, sums, x, y, gen)
             n_total += x.shape[0]
             if progress is not None:
                 progress.update(x.shape[0])
-    finally:
-        rec.close()
-        for p, r in zip(params, req, strict=True):
-            p.requires_grad_(r)
-        model.train(was_training)
-
     weight = {name: _weight_estimate(method, name, d, sums, n_total) for name, d in deltas.items()}
     act = {g: (0.5 * v / n_total).double().cpu().numpy() for g, v in sums.act.items()}
     meta = {
@@ -318,6 +306,24 @@ def fisher_sensitivity(
         "loss": "cross-entropy" if loss_fn is None else getattr(loss_fn, "__name__", "user"),
     }
     return SensitivityTable(method, w_bits, a_bits, weight, act, meta)
+
+
+@contextlib.contextmanager
+def _frozen_eval(model: nn.Module):
+    """``model`` in eval mode with no parameter requiring grad (so autograd never forms batch
+    weight gradients), restored afterwards."""
+    params = list(model.parameters())
+    req = [p.requires_grad for p in params]
+    was_training = model.training
+    for p in params:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, r in zip(params, req, strict=True):
+            p.requires_grad_(r)
+        model.train(was_training)
 
 
 @dataclass(frozen=True)
