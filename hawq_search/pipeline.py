@@ -37,6 +37,7 @@ from hawq_search.planning import (
 from hawq_search.problem_builder import build_problem
 from hawq_search.progress import progress_bar
 from hawq_search.ptq import ptq_model
+from hawq_search.quant.bn import BatchMoments, batch_moments
 from hawq_search.repricing import exact_hardware_totals, solve_within_exact_budgets
 from hawq_search.runtime import module_device, resolve_runtime
 from hawq_search.sensitivity.fisher import LossFn
@@ -122,6 +123,7 @@ class Pipeline:
         self._ranges: tuple[dict, dict] | None = None
         self._cost_model: CostModel | None = None
         self._tables: dict[str, SensitivityTable] = {}
+        self._float_moments: dict[int, BatchMoments] = {}  # by batch size; shared by variants
         self._budgets_checked = False
         self._lock: RunDirLock | None = None
         self._owns_lock = True  # a variant borrows its parent's lock on the same directory
@@ -319,9 +321,17 @@ class Pipeline:
     def quantized_model(self, plan: Plan) -> torch.nn.Module:
         """The PTQ model of ``plan`` (BatchNorm correction as configured)."""
         c = self.config
+        moments = None
+        if c.bn_correction:  # the float model's half of the correction: once per pipeline
+            if c.batch_size not in self._float_moments:
+                self._float_moments[c.batch_size] = batch_moments(
+                    self.model, self.calib, batch_size=c.batch_size
+                )
+            moments = self._float_moments[c.batch_size]
         return ptq_model(
-            self.model, plan, self.calib, bn_correction=c.bn_correction, batch_size=c.batch_size
-        )
+            self.model, plan, self.calib, bn_correction=c.bn_correction, batch_size=c.batch_size,
+            float_moments=moments,
+        )  # fmt: skip
 
     def top1(self, plan: Plan | None, label: str) -> float:
         """Top-1 (%) on the evaluation data of the float model (``plan`` None) or of a plan."""
@@ -341,6 +351,7 @@ class Pipeline:
         other = Pipeline(config, model=self._loaded, calib=self._calib, eval_data=self._eval,
                          example_input=self._example, loss_fn=self.loss_fn)  # fmt: skip
         other._graph, other._ranges, other._cost_model = self._graph, self._ranges, self._cost_model
+        other._float_moments = self._float_moments
         same_tables = all(getattr(config, k) == getattr(self.config, k) for k in _TABLE_FIELDS)
         other._tables = dict(self._tables) if same_tables else {}
         if config.out == self.config.out and self._lock is not None:

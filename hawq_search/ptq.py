@@ -8,7 +8,7 @@ from torch import nn
 
 from hawq_search.data.datasets import Batches
 from hawq_search.plan import Plan, apply_plan
-from hawq_search.quant.bn import correct_bn
+from hawq_search.quant.bn import BatchMoments, correct_bn
 
 __all__ = ["ptq_model"]
 
@@ -20,10 +20,13 @@ def ptq_model(
     *,
     bn_correction: bool = True,
     batch_size: int = 128,
+    float_moments: BatchMoments | None = None,
 ) -> nn.Module:
     """A copy of ``model`` quantized as ``plan`` says, its BatchNorm statistics shifted by the
-    difference quantization causes on ``calib`` unless ``bn_correction`` is off."""
+    difference quantization causes on ``calib`` unless ``bn_correction`` is off
+    (``float_moments``: the float model's :func:`~hawq_search.quant.bn.batch_moments` on
+    ``calib``, when already known)."""
     qmodel = apply_plan(model, plan)
     if bn_correction:
-        correct_bn(qmodel, model, calib, batch_size=batch_size)
+        correct_bn(qmodel, model, calib, batch_size=batch_size, float_moments=float_moments)
     return qmodel

@@ -263,3 +263,36 @@ def test_heldout_indices_follow_the_calibration_ones_and_never_overlap(n):
     assert set(subset_indices(n, 0, seed=3, skip=20)).isdisjoint(calib)  # the whole rest
     with pytest.raises(UserInputError, match="no images left"):
         subset_indices(n, 5, seed=3, skip=n)
+
+
+def test_correct_bn_with_precomputed_float_moments_is_identical(folder):
+    from hawq_search.quant.bn import batch_moments
+
+    mem, _ = _pair(folder, seed=0)
+    fp = tiny_net(num_classes=3)
+    plain = correct_bn(_perturbed(fp), fp, mem, batch_size=4)
+    moments = batch_moments(fp, mem, batch_size=4)
+    reused = correct_bn(_perturbed(fp), fp, mem, batch_size=4, float_moments=moments)
+    for name, bn in batchnorms(plain).items():
+        assert torch.equal(bn.running_mean, batchnorms(reused)[name].running_mean)
+        assert torch.equal(bn.running_var, batchnorms(reused)[name].running_var)
+
+
+def test_pipeline_computes_the_float_moments_once_for_all_plans(tmp_path, monkeypatch):
+    from conftest import tiny_session
+
+    from hawq_search import pipeline as pipeline_mod
+
+    calls = []
+    real = pipeline_mod.batch_moments
+    monkeypatch.setattr(
+        pipeline_mod, "batch_moments", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    pipe = tiny_session(tmp_path, budget_mb=0.001)
+    uniform = pipe.uniform_plan()
+    first = pipe.quantized_model(uniform)
+    again = pipe.variant(budget_mb=None).quantized_model(uniform)
+    assert len(calls) == 1
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(first.eval()(x), again.eval()(x))

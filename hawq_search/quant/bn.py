@@ -22,7 +22,7 @@ from torch import nn
 from hawq_search.data.datasets import Batches
 from hawq_search.runtime import module_device
 
-__all__ = ["correct_bn", "batchnorms"]
+__all__ = ["BatchMoments", "batch_moments", "correct_bn", "batchnorms"]
 
 
 def batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -86,14 +86,31 @@ def _moments(model: nn.Module, data: Batches, batch_size: int) -> dict[str, list
     return {name: [m / n_batches, v / n_batches] for name, (m, v) in rec.sums.items()}
 
 
+BatchMoments = dict[str, list[torch.Tensor]]  # BatchNorm name -> [E[batch mean], E[batch var]]
+
+
+@torch.no_grad()
+def batch_moments(model: nn.Module, data: Batches, *, batch_size: int = 128) -> BatchMoments:
+    """Mean over ``data``'s batches of each BatchNorm input's batch mean and variance: the float
+    model's half of :func:`correct_bn`, which callers correcting many plans compute once."""
+    return _moments(model, data, batch_size)
+
+
 @torch.no_grad()
 def correct_bn(
-    quant_model: nn.Module, float_model: nn.Module, data: Batches, *, batch_size: int = 128
+    quant_model: nn.Module,
+    float_model: nn.Module,
+    data: Batches,
+    *,
+    batch_size: int = 128,
+    float_moments: BatchMoments | None = None,
 ) -> nn.Module:
     """Shift ``quant_model``'s BatchNorm statistics by the quantized-minus-float difference
-    measured on ``data`` (in place). Both models must have the same BatchNorm names."""
+    measured on ``data`` (in place). Both models must have the same BatchNorm names;
+    ``float_moments`` (:func:`batch_moments` of ``float_model`` on the same data and batch
+    size) skips the float model's pass."""
     q = _moments(quant_model, data, batch_size)
-    f = _moments(float_model, data, batch_size)
+    f = float_moments if float_moments is not None else _moments(float_model, data, batch_size)
     for name, bn in batchnorms(quant_model).items():
         if name not in q or name not in f:
             continue
