@@ -269,3 +269,14 @@ def test_act_stats_sign_absmax_and_unquantized_clip():
     empty = ActStats()
     empty.update(torch.zeros(10))
     assert empty.best_clip(4) == 0.0
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_fake_quant_activation_same_values_with_and_without_autograd(bits, signed):
+    x = torch.randn(4, 257) * 2
+    with torch.no_grad():
+        plain = fake_quant_activation(x, bits, 1.7, signed)
+    tracked = fake_quant_activation(x.clone().requires_grad_(True), bits, 1.7, signed)
+    assert tracked.requires_grad
+    assert torch.equal(plain, tracked.detach())

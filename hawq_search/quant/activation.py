@@ -45,9 +45,13 @@ class _ClampRoundSTE(torch.autograd.Function):
 
 
 def fake_quant_activation(x: torch.Tensor, bits: int, clip: float, signed: bool) -> torch.Tensor:
-    """Differentiable :func:`quantize_activation` (clipped straight-through estimator)."""
+    """Differentiable :func:`quantize_activation` (clipped straight-through estimator); where
+    no gradient can flow (evaluation, ``no_grad``) the plain function, which gives the same
+    values without forming the estimator's mask."""
     if bits >= 16:
         return x
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return quantize_activation(x, bits, clip, signed)
     qmin, qmax = act_levels(bits, signed)
     return _ClampRoundSTE.apply(x, max(clip, 1e-12) / qmax, qmin, qmax)
 
