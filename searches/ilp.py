@@ -28,7 +28,9 @@ Solving (``method="core"``, the default; exact within ``mip_rel_gap``):
 
 1. A problem whose budgets are separable per group (size, BOPs under fixed activation bits) is a
    plain multiple-choice knapsack: its Lagrangian bound and a greedy plan
-   (:mod:`searches._mckp`) prove the gap without any MILP when they meet (large models).
+   (:mod:`searches._mckp`) prove the gap without any MILP when they meet (large models);
+   otherwise small *knapsack core* MILPs over the options of small Lagrangian reduced cost
+   (:mod:`searches._mckp_core`, plain binaries and one row per budget) usually prove it.
 2. Otherwise the bound (Lagrangian, or the LP relaxation when overheads, roundings or several
    activation options couple groups) fixes every column whose reduced cost exceeds what a
    better plan could afford, and HiGHS solves the small core MILP left
@@ -171,7 +173,7 @@ class IlpSearch(BaseSearch):
     def _solve(self, problem: SearchProblem) -> SearchResult:
         t0 = time.perf_counter()
         ks = separable_knapsack(problem) if self.method == "core" else None
-        quick = None if ks is None else solve_knapsack(ks, self.mip_rel_gap)
+        quick = None if ks is None else solve_knapsack(ks, self.mip_rel_gap, 0.5 * self.time_limit)
         first = None
         if quick is not None and quick.plan is not None:
             sol = problem.solution(quick.plan[: ks.n_weight], quick.plan[ks.n_weight :])
