@@ -25,6 +25,7 @@ from hawq_search.core.exceptions import (  # noqa: E402
 
 _LAZY = {
     "search_plan": "hawq_search.api",
+    "finetune": "hawq_search.api",
     "create_model": "hawq_search.models",
     "list_models": "hawq_search.models",
     "Plan": "hawq_search.plan",
@@ -34,7 +35,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from hawq_search.api import search_plan
+    from hawq_search.api import finetune, search_plan
     from hawq_search.config import RunConfig
     from hawq_search.models import create_model, list_models
     from hawq_search.pipeline import Pipeline
@@ -62,6 +63,7 @@ __all__ = [
     "__version__",
     "apply_plan",
     "create_model",
+    "finetune",
     "list_models",
     "search_plan",
 ]

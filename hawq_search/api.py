@@ -1,7 +1,8 @@
-"""The Python API for users' own models and data: :func:`search_plan`."""
+"""The Python API for users' own models and data: :func:`search_plan` and :func:`finetune`."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -17,7 +18,7 @@ from hawq_search.plan import Plan
 from hawq_search.sensitivity.fisher import LossFn
 from searches import BaseSearch
 
-__all__ = ["search_plan"]
+__all__ = ["finetune", "search_plan"]
 
 
 def search_plan(
@@ -151,3 +152,56 @@ def _describe(model: nn.Module, example: torch.Tensor) -> LoadedModel:
         mean=(0.0,) * channels, std=(1.0,) * channels, input_size=tuple(example.shape[1:])
     )
     return LoadedModel(model, f"python:{type(model).__name__}", pre, num_classes, None, "python")
+
+
+def finetune(
+    model: nn.Module,
+    plan: Plan,
+    data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: int,
+    out: str,
+    eval_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    calib_size: int = 512,
+    train_size: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = False,
+    **options,
+) -> tuple[nn.Module, Plan]:
+    """Quantization-aware fine-tuning of ``plan`` on ``model`` (not modified).
+
+    ``data`` yields ``(inputs, targets)`` training batches (the first ``train_size`` samples,
+    all by default, are used; the first ``calib_size`` also give the sensitivities that order
+    the gradual schedule); ``eval_data`` scores top-1 before and after (default: the
+    calibration samples). ``options`` are :class:`hawq_search.training.options.FinetuneOptions`
+    fields (``schedule``, ``order``, ``lr``, ``batch_size``, ``resume``, ...). The run directory
+    ``out`` receives the checkpoints, ``finetuned.pt``, ``plan.json`` and ``summary.json``.
+
+    Returns the trained float model and the fine-tuned plan: ``apply_plan(model, plan)``
+    rebuilds the trained quantized model exactly.
+    """
+    from hawq_search.training.finetune import finetune_job
+    from hawq_search.training.options import FinetuneOptions
+
+    if not isinstance(model, nn.Module):
+        raise UserInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    opts = FinetuneOptions(epochs=epochs, **options)
+    opts.validate()
+    train = from_batches(data, train_size, "training data")
+    calib = TensorData(train.images[:calib_size], train.labels[:calib_size],
+                       list(range(min(calib_size, len(train)))), train.source)  # fmt: skip
+    wbits = sorted({b for lp in plan.layers for b in lp.w_bits})
+    abits = sorted({lp.a_bits for lp in plan.layers})
+    config = RunConfig(model=f"python:{type(model).__name__}", wbits=tuple(wbits),
+                       abits=tuple(abits), calib_size=len(calib), out=out, progress=progress,
+                       device=device, precision=precision, seed=opts.seed)  # fmt: skip
+    evaluation = from_batches(eval_data, None, "evaluation data") if eval_data else calib
+    example = calib.images[:1]
+    with Pipeline(config, model=_describe(model, example), calib=calib, eval_data=evaluation,
+                  example_input=example) as pipe:  # fmt: skip
+        finetune_job(pipe, plan, opts, train_data=train)
+        trained = Plan.load(pipe.out / "plan.json")
+        result = copy.deepcopy(model)
+        result.load_state_dict(torch.load(pipe.out / "finetuned.pt", weights_only=True))
+    return result, trained

@@ -8,6 +8,7 @@ from hawq_search import __version__
 from hawq_search.cli.cost import cost as cost_group
 from hawq_search.cli.errors import run_cli
 from hawq_search.cli.options import eval_options, make_pipeline, model_options, search_options
+from hawq_search.training.options import ORDERS, SCHEDULES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,15 +29,37 @@ def cli(debug: bool) -> None:
 @model_options
 @search_options
 @eval_options
-def run(**kw) -> None:
+@click.option(
+    "--finetune-epochs",
+    type=int,
+    help="Then fine-tune the plan for this many epochs (the finetune command's defaults).",
+)
+def run(finetune_epochs: int | None, **kw) -> None:
     """Sensitivities, exact ILP search, uniform baseline and PTQ evaluation, end to end."""
+    from hawq_search.core.exceptions import UserInputError
     from hawq_search.plan import Plan
     from hawq_search.report import console_table, search_lines, solver_status
     from hawq_search.run import run_job
+    from hawq_search.training.options import FinetuneOptions
 
+    opts = ft = None
+    if finetune_epochs is not None:
+        if finetune_epochs < 1:
+            raise UserInputError(
+                f"finetune_epochs must be an integer >= 1, got {finetune_epochs}",
+                params=("finetune_epochs",),
+            )
+        opts = FinetuneOptions(epochs=finetune_epochs, seed=kw.get("seed", 0))
+        opts.validate()
     with make_pipeline(**kw) as pipe:
         summary = run_job(pipe)
-    click.echo(console_table(summary, plan=Plan.load(pipe.out / "plan.json")))
+        if opts is not None:
+            from hawq_search.training.finetune import finetune_job
+
+            plan = Plan.load(pipe.out / "plan.json")
+            ft = finetune_job(pipe, plan, opts, plan_path=pipe.out / "plan.json")
+    searched = "plan-before-finetune.json" if ft is not None else "plan.json"
+    click.echo(console_table(summary, plan=Plan.load(pipe.out / searched)))
     for line in search_lines(summary.get("search", {})):
         if line:
             click.echo(line)
@@ -46,6 +69,12 @@ def run(**kw) -> None:
         f"time (s): sensitivity {t['sensitivity']:.1f}, search {t['search']:.1f}, evaluation {t['evaluation']:.1f}"
     )
     click.echo(f"wrote {pipe.out}/plan.json, report.md, summary.json")
+    if ft is not None:
+        t = ft["top1"]
+        click.echo(
+            f"fine-tuned {finetune_epochs} epochs: top-1 {t['before']:.2f} % -> {t['after']:.2f} %; "
+            f"wrote {pipe.out}/plan.json (fine-tuned), plan-before-finetune.json, finetuned.pt"
+        )
 
 
 @cli.command()
@@ -115,6 +144,8 @@ def evaluate(plan_path: str, **kw) -> None:
     from hawq_search.plan import Plan
 
     plan = Plan.load(plan_path)
+    if "finetune" in plan.provenance:
+        kw["no_bn_correction"] = True  # trained statistics: correcting them would move them
     if kw.get("model") == "resnet56" and plan.model.get("id") and plan.model["id"] != "resnet56":
         kw["model"] = plan.model["id"]  # default to the plan's own model
     pipe = make_pipeline(**kw)
@@ -153,6 +184,116 @@ def pareto(sweep_mb, sweep_ms, sweep_mj, **kw) -> None:
     click.echo(
         f"wrote {pipe.out}/pareto.json, pareto.png, report.md and {len(data['points'])} plans"
     )
+
+
+def _stages(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a list of fractions such as 0.25,0.5,1"
+        ) from None
+
+
+@cli.command()
+@click.option(
+    "--plan",
+    "plan_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="plan.json to fine-tune.",
+)
+@model_options
+@eval_options
+@click.option("--epochs", required=True, type=int, help="Training epochs (total, all phases).")
+@click.option(
+    "--schedule",
+    default="gradual",
+    show_default=True,
+    type=click.Choice(SCHEDULES),
+    help="gradual (QGAT), direct QAT, or ctmq (bit ladder cycles).",
+)
+@click.option(
+    "--order",
+    default="sensitivity",
+    show_default=True,
+    type=click.Choice(ORDERS),
+    help="Order channels are quantized in (gradual): least sensitive first, reverse, random.",
+)
+@click.option(
+    "--stages",
+    default="0.25,0.5,0.75,1",
+    show_default=True,
+    callback=_stages,
+    help="Cumulative fractions of quantized channels per stage (gradual).",
+)
+@click.option("--cycles", default=2, show_default=True, type=int, help="CTMQ cycles.")
+@click.option(
+    "--ladder-top",
+    default=8,
+    show_default=True,
+    type=int,
+    help="CTMQ ladder's first width (then one bit less per rung).",
+)
+@click.option("--lr", default=0.01, show_default=True, type=float)
+@click.option("--momentum", default=0.9, show_default=True, type=float)
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+@click.option("--train-batch-size", default=128, show_default=True, type=int)
+@click.option("--temperature", default=4.0, show_default=True, type=float, help="KD temperature.")
+@click.option(
+    "--kd-alpha",
+    default=0.9,
+    show_default=True,
+    type=float,
+    help="Weight of the KD term (1 - alpha on cross-entropy).",
+)
+@click.option("--no-kd", is_flag=True, help="Cross-entropy only, no float teacher.")
+@click.option("--no-augment", is_flag=True, help="No random crop + flip.")
+@click.option(
+    "--freeze-bn-epochs",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Last epochs with BatchNorm statistics frozen.",
+)
+@click.option(
+    "--train-size",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seeded training images (0 = the whole train split).",
+)
+@click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
+def finetune(plan_path: str, **kw) -> None:
+    """Quantization-aware fine-tuning of a plan (LSQ, KD, QGAT/CTMQ schedules)."""
+    from hawq_search.plan import Plan
+    from hawq_search.training.finetune import finetune_job
+
+    opts = _finetune_options(kw)
+    opts.validate()
+    plan = Plan.load(plan_path)
+    with make_pipeline(**kw) as pipe:
+        summary = finetune_job(pipe, plan, opts, plan_path=plan_path)
+    t, f = summary["top1"], summary["finetune"]
+    click.echo(
+        f"top-1 before {t['before']:.2f} % (PTQ), after {t['after']:.2f} % (float {t['fp']:.2f} %) "
+        f"on {f['eval_images']} images; {f['images_per_s'] or 0:.0f} img/s"
+    )
+    click.echo(f"wrote {pipe.out}/plan.json, finetuned.pt, summary.json")
+
+
+def _finetune_options(kw: dict):
+    from hawq_search.training.options import FinetuneOptions
+
+    return FinetuneOptions(
+        epochs=kw.pop("epochs"), schedule=kw.pop("schedule"), order=kw.pop("order"),
+        stages=kw.pop("stages"), cycles=kw.pop("cycles"), ladder_top=kw.pop("ladder_top"),
+        lr=kw.pop("lr"), momentum=kw.pop("momentum"), weight_decay=kw.pop("weight_decay"),
+        batch_size=kw.pop("train_batch_size"), temperature=kw.pop("temperature"),
+        alpha=kw.pop("kd_alpha"), kd=not kw.pop("no_kd"), augment=not kw.pop("no_augment"),
+        freeze_bn_epochs=kw.pop("freeze_bn_epochs"), train_size=kw.pop("train_size"),
+        seed=kw.get("seed", 0), resume=kw.pop("resume"),
+    )  # fmt: skip
 
 
 @cli.command()

@@ -1,0 +1,141 @@
+"""The fine-tuning job behind ``hawq-search finetune``: QAT of a plan on the training split,
+then the run directory gets ``finetuned.pt`` (a plain checkpoint of the float model with the
+trained weights), ``plan.json`` with the learned scales and clips, and ``summary.json`` with
+``top1.before`` (PTQ) and ``top1.after`` on the same evaluation images."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hawq_search.core.exceptions import UserInputError
+from hawq_search.data.datasets import Batches, load_subset
+from hawq_search.evaluation import top1
+from hawq_search.files import jsonable, write_json
+from hawq_search.inputs import dataset_name
+from hawq_search.pipeline import Pipeline
+from hawq_search.plan import Plan, apply_plan
+from hawq_search.progress import progress_bar
+from hawq_search.training.options import FinetuneOptions
+from hawq_search.training.qat_model import build_qat_model, export_plan, float_state_dict
+from hawq_search.training.schedules import channel_order, make_phases
+from hawq_search.training.trainer import steps_per_epoch, train
+
+__all__ = ["CHECKPOINT", "FINETUNED", "finetune_job", "training_data"]
+
+CHECKPOINT = "finetune-state.pt"
+FINETUNED = "finetuned.pt"
+
+
+def training_data(pipe: Pipeline, size: int) -> Batches:
+    """``size`` seeded train images (0 = all): in memory up to 20,000, else streamed."""
+    c = pipe.config
+    return load_subset(
+        dataset_name(c, pipe.loaded), c.data_dir, "train", pipe.loaded.preprocess, size, c.seed,
+        in_memory=0 < size <= 20_000, num_workers=c.num_workers, progress=c.progress,
+        max_classes=pipe.loaded.num_classes, size_param="train_size",
+    )  # fmt: skip
+
+
+def _scores(pipe: Pipeline, plan: Plan) -> dict:
+    """Each quantized channel's predicted loss increase at its planned bits."""
+    table = pipe.sensitivity()
+    missing = sorted({b for lp in plan.layers for b in lp.w_bits if b < 16} - set(table.w_bits))
+    if missing:
+        raise UserInputError(
+            f"order sensitivity needs sensitivities at the planned bits {missing}: add them to "
+            "wbits, or use order random",
+            params=("wbits", "order"),
+        )
+    col = {b: i for i, b in enumerate(table.w_bits)}
+    return {
+        lp.name: [float(table.weight[lp.name][c, col[b]]) if b < 16 else 0.0
+                  for c, b in enumerate(lp.w_bits)]
+        for lp in plan.layers
+    }  # fmt: skip
+
+
+def _fingerprint(plan: Plan, opts: FinetuneOptions, n: int) -> dict:
+    d = {k: v for k, v in opts.to_dict().items() if k != "resume"}
+    d["plan_bits"] = json.dumps([[lp.name, lp.w_bits, lp.a_bits] for lp in plan.layers])
+    d["train_images"] = n
+    return d
+
+
+def finetune_job(pipe: Pipeline, plan: Plan, opts: FinetuneOptions, *,
+                 train_data: Batches | None = None, plan_path: str | Path | None = None,
+                 on_epoch_end=None) -> dict:  # fmt: skip
+    """Fine-tune ``plan`` on the pipeline's model; write the run directory; return the summary."""
+    opts.validate()
+    out = pipe.run_dir()
+    qmodel = build_qat_model(pipe.model, plan)  # PlanMismatchError before any work
+    data = train_data if train_data is not None else training_data(pipe, opts.train_size)
+    spe = steps_per_epoch(len(data), opts.batch_size)
+    ranked = None
+    if opts.schedule == "gradual":
+        scores = _scores(pipe, plan) if opts.order != "random" else None
+        ranked = channel_order(plan, opts.order, scores, seed=opts.seed)
+    phases = make_phases(plan, opts.schedule, opts.epochs * spe, ranked=ranked,
+                         stages=opts.stages, ladder_top=opts.ladder_top, cycles=opts.cycles)  # fmt: skip
+    before = pipe.top1(plan, "plan before fine-tuning")
+    fp = pipe.top1(None, "float")
+    teacher = copy.deepcopy(pipe.model).eval() if opts.kd else None
+    t0 = time.perf_counter()
+    with progress_bar(pipe.config.progress, opts.epochs * spe * opts.batch_size, "fine-tuning",
+                      "img") as bar:  # fmt: skip
+        result = train(qmodel, teacher, data, phases, opts, pipe.runtime, out / CHECKPOINT,
+                       _fingerprint(plan, opts, len(data)), progress=bar,
+                       on_epoch_end=on_epoch_end)  # fmt: skip
+    wall = time.perf_counter() - t0
+    info = {"schedule": opts.schedule, "epochs": opts.epochs, "options": opts.to_dict(),
+            "phases": [p.name for p in phases], "train_source": data.source,
+            "train_images": len(data)}  # fmt: skip
+    trained = export_plan(qmodel, plan, info)
+    state = float_state_dict(qmodel, pipe.model)
+    torch.save(state, out / FINETUNED)
+    if plan_path is not None and Path(plan_path).resolve() == (out / "plan.json").resolve():
+        shutil.copyfile(out / "plan.json", out / "plan-before-finetune.json")
+    trained.save(out / "plan.json")
+    after = _after_top1(pipe, trained, state)
+    summary = _summary(pipe, opts, result, wall, {"fp": fp, "before": before, "after": after})
+    summary["finetune"].update(train_images=len(data), train_source=data.source)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _after_top1(pipe: Pipeline, plan: Plan, state: dict) -> float:
+    """Top-1 of the model rebuilt from the written checkpoint and plan, as ``evaluate`` does."""
+    model = copy.deepcopy(pipe.model)
+    model.load_state_dict(state)
+    qmodel = apply_plan(model, plan, inplace=True)
+    with progress_bar(pipe.config.progress, len(pipe.eval_data), "evaluating fine-tuned",
+                      "img") as bar:  # fmt: skip
+        return top1(qmodel, pipe.eval_data, progress=bar)
+
+
+def _summary(pipe: Pipeline, opts, result, wall: float, top: dict) -> dict:
+    """The run directory's summary (a run's own summary is kept, its top1 extended)."""
+    path = pipe.out / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.setdefault("top1", {}).update(top)
+    times = result.epoch_times_s
+    summary["finetune"] = {
+        "epochs": opts.epochs,
+        "schedule": opts.schedule,
+        "order": opts.order if opts.schedule == "gradual" else None,
+        "resumed_from_epoch": result.resumed_from,
+        "epoch_losses": result.epoch_losses,
+        "time_per_epoch_s": times,
+        "images_per_s": result.images / wall if result.images and wall > 0 else None,
+        "eval_images": len(pipe.eval_data),
+        "runtime": pipe.runtime.to_dict(),
+        "options": opts.to_dict(),
+        "mean_epoch_s": float(np.mean(times)) if times else None,
+    }
+    return jsonable(summary)

@@ -1,0 +1,86 @@
+"""Settings of a fine-tune, validated in library terms (torch-free, for the CLI)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from hawq_search.core.exceptions import UserInputError
+
+__all__ = ["ORDERS", "SCHEDULES", "FinetuneOptions"]
+
+SCHEDULES = ("gradual", "direct", "ctmq")
+ORDERS = ("sensitivity", "reverse", "random")
+
+
+@dataclass
+class FinetuneOptions:
+    """Defaults are a CIFAR fine-tuning recipe: SGD 0.9, lr 0.01 (a tenth of from-scratch
+    training), cosine over every step, wd 5e-4 (none on step sizes), batch 128, Hinton KD
+    from the float model with T = 4 and alpha = 0.9 (the teacher carries most of the signal at
+    low bits), BatchNorm frozen for the last epoch."""
+
+    epochs: int = 1
+    schedule: str = "gradual"
+    order: str = "sensitivity"
+    stages: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    cycles: int = 2
+    ladder_top: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    temperature: float = 4.0
+    alpha: float = 0.9
+    kd: bool = True
+    augment: bool = True
+    freeze_bn_epochs: int = 1
+    train_size: int = 0
+    seed: int = 0
+    resume: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`UserInputError` naming the first invalid argument."""
+        _int("epochs", self.epochs, 1)
+        _int("cycles", self.cycles, 1)
+        _int("batch_size", self.batch_size, 1)
+        _int("freeze_bn_epochs", self.freeze_bn_epochs, 0)
+        _int("train_size", self.train_size, 0)
+        _int("ladder_top", self.ladder_top, 2)
+        if self.schedule not in SCHEDULES:
+            raise UserInputError(
+                f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}",
+                params=("schedule",),
+            )
+        if self.order not in ORDERS:
+            raise UserInputError(
+                f"order {self.order!r} is not one of {', '.join(ORDERS)}", params=("order",)
+            )
+        s = list(self.stages)
+        if not s or any(not 0 < f <= 1 for f in s) or s != sorted(set(s)) or s[-1] != 1:
+            raise UserInputError(
+                f"stages must be increasing fractions in (0, 1] ending at 1, got {self.stages}",
+                params=("stages",),
+            )
+        for name in ("lr", "temperature"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise UserInputError(f"{name} must be a finite number > 0, got {v}", params=(name,))
+        for name, hi in (("momentum", 1.0), ("alpha", 1.0)):
+            v = getattr(self, name)
+            if not 0 <= v <= hi:
+                raise UserInputError(f"{name} must be in [0, {hi}], got {v}", params=(name,))
+        for name in ("weight_decay",):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise UserInputError(
+                    f"{name} must be a finite number >= 0, got {v}", params=(name,)
+                )
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def _int(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserInputError(f"{name} must be an integer >= {low}, got {value!r}", params=(name,))

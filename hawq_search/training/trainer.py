@@ -1,0 +1,166 @@
+"""The QAT loop: seeded epoch order, batch augmentation, KD, phases, per-epoch checkpoints.
+
+Every random choice of an epoch (sample order, crops, flips) comes from a generator seeded by
+``(seed, epoch)``, and each epoch ends with an atomic checkpoint of the model (steps, bits and
+BatchNorm statistics included), optimizer, scheduler and RNG state, so a resumed run repeats
+exactly the epochs an uninterrupted one would have run.
+
+BatchNorm: batch statistics while the quantized weights still move (so each BN tracks the
+shifted distribution quantization causes), then eval-mode BN for the last ``freeze_bn_epochs``
+epochs, so the deployed running statistics are exactly those the final weights were trained
+against (Jacob et al. 2018); the affine parameters keep training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hawq_search.data.datasets import Batches, StreamData, TensorData
+from hawq_search.runtime import Runtime, autocast
+from hawq_search.training.augment import crop_flip
+from hawq_search.training.checkpoint import load_checkpoint, save_checkpoint
+from hawq_search.training.kd import kd_loss
+from hawq_search.training.options import FinetuneOptions
+from hawq_search.training.qat_model import clamp_steps, lsq_layers, step_parameters
+from hawq_search.training.schedules import Phase
+
+__all__ = ["TrainResult", "epoch_batches", "steps_per_epoch", "train"]
+
+
+@dataclass
+class TrainResult:
+    epoch_times_s: list[float] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+    images: int = 0  # images trained on in this process
+    resumed_from: int = 0
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches only (a last tiny batch would give BatchNorm a noisy estimate)."""
+    return max(1, n // batch_size)
+
+
+def epoch_batches(data: Batches, epoch: int, seed: int, batch_size: int):
+    """The epoch's batches in a seeded order, and the generator that drew it."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(len(data), generator=gen)
+    take = steps_per_epoch(len(data), batch_size) * batch_size
+    perm = perm[: min(take, len(data))]
+    if isinstance(data, TensorData):
+        batches = (
+            (data.images[perm[i : i + batch_size]], data.labels[perm[i : i + batch_size]])
+            for i in range(0, len(perm), batch_size)
+        )
+    elif isinstance(data, StreamData):
+        idx = [data.indices[i] for i in perm.tolist()]
+        batches = StreamData(data.dataset, idx, data.source, num_workers=data.num_workers).batches(
+            batch_size
+        )
+    else:
+        raise TypeError(f"cannot shuffle {type(data).__name__}: use TensorData or StreamData")
+    return batches, gen
+
+
+def apply_phase(model: nn.Module, phase: Phase) -> None:
+    """Set every layer's and activation quantizer's bits to the phase's."""
+    for name, m in lsq_layers(model).items():
+        m.set_bits(torch.tensor(phase.w_bits[name]))
+        if m.act_quant is not None:
+            m.act_quant.set_bits(phase.a_bits[name])
+
+
+def _optimizer(model: nn.Module, opts: FinetuneOptions, total: int):
+    steps = {id(p) for p in step_parameters(model)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) not in steps], "weight_decay": opts.weight_decay},
+        {"params": [p for p in params if id(p) in steps], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+    )
+    return opt, sched
+
+
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: list[Phase],
+          opts: FinetuneOptions, runtime: Runtime, checkpoint: Path, fingerprint: dict,
+          progress=None, on_epoch_end: Callable[[int], None] | None = None,
+          apply: Callable[[nn.Module, Phase], None] = apply_phase) -> TrainResult:  # fmt: skip
+    """Train ``model`` in place for ``opts.epochs`` epochs (resuming from ``checkpoint`` when
+    ``opts.resume`` and it exists)."""
+    spe = steps_per_epoch(len(data), opts.batch_size)
+    total = opts.epochs * spe
+    opt, sched = _optimizer(model, opts, total)
+    result, start = TrainResult(), 0
+    state = load_checkpoint(checkpoint, fingerprint) if opts.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start = result.resumed_from = int(state["epoch"])
+        result.epoch_times_s, result.epoch_losses = list(state["times"]), list(state["losses"])
+    if teacher is not None:
+        teacher.eval()
+    freeze_from = opts.epochs - min(opts.freeze_bn_epochs, opts.epochs - 1)
+    device = runtime.device
+    for epoch in range(start, opts.epochs):
+        t0, loss_sum = time.perf_counter(), 0.0
+        _set_train_mode(model, epoch >= freeze_from)
+        batches, gen = epoch_batches(data, epoch, opts.seed, opts.batch_size)
+        for i, (x, y) in enumerate(batches):
+            step = epoch * spe + i
+            for ph in phases:
+                if ph.start == step:
+                    apply(model, ph)
+            x, y = x.to(device), y.to(device)
+            if opts.augment:
+                x = crop_flip(x, gen)
+            loss_sum += _step(model, teacher, x, y, opts, runtime, opt, sched)
+            result.images += len(y)
+            if progress is not None:
+                progress.update(len(y))
+        result.epoch_times_s.append(time.perf_counter() - t0)
+        result.epoch_losses.append(loss_sum / spe)
+        save_checkpoint(checkpoint, {
+            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+            "times": result.epoch_times_s, "losses": result.epoch_losses,
+            "fingerprint": fingerprint,
+        })  # fmt: skip
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+    model.eval()
+    return result
+
+
+def _step(model, teacher, x, y, opts, runtime, opt, sched) -> float:
+    with autocast(runtime):
+        logits = model(x)
+        t_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
+    loss = kd_loss(logits, t_logits, y, opts.temperature, opts.alpha)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    clamp_steps(model)
+    return float(loss.detach())
