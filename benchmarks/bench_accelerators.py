@@ -422,7 +422,8 @@ def part3(work: Path, ref: Pipeline, repeats: int) -> dict:
     # Evaluation streams batches (issue 7); the 1,000 test images are gathered once here.
     pairs = list(s.eval_data.batches(250))
     evalx, evaly = torch.cat([b[0] for b in pairs]), torch.cat([b[1] for b in pairs])
-    out = {"profile_s": prof_s, "profile_cmd": shlex.join(cmd), "batch": batch, "threads": torch.get_num_threads(),
+    shown = ["hawq-search", *cmd[1:-1], "<work dir>/cpu_profile"]  # no machine paths
+    out = {"profile_s": prof_s, "profile_cmd": shlex.join(shown), "batch": batch, "threads": torch.get_num_threads(),
            "repeats": repeats, "plans": {}}  # fmt: skip
     models, accs = {}, {}
     with torch.inference_mode(), warnings.catch_warnings():
