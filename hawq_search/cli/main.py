@@ -23,6 +23,22 @@ def cli(debug: bool) -> None:
       hawq-search run --model resnet20 --budget-mb 0.07 --abits 32 --dataset imagefolder --data-dir DIR
       hawq-search evaluate --plan runs/X/plan.json
     """
+    _torchrun_check(click.get_current_context().invoked_subcommand)
+
+
+def _torchrun_check(command: str | None) -> None:
+    """Under torchrun (WORLD_SIZE > 1) only finetune knows how to share the work: any other
+    command would run N times over one run directory."""
+    import os
+
+    from hawq_search.core.exceptions import UserInputError
+
+    world = os.environ.get("WORLD_SIZE", "1") or "1"
+    if world != "1" and command != "finetune":
+        raise UserInputError(
+            f"{command} does not run under torchrun (WORLD_SIZE={world}): run it as one "
+            "process; only finetune trains with one process per device"
+        )
 
 
 @cli.command()
@@ -264,16 +280,53 @@ def _stages(ctx, param, value: str) -> tuple[float, ...]:
     help="Seeded training images (0 = the whole train split).",
 )
 @click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
+@click.option(
+    "--learn-bits",
+    is_flag=True,
+    help="Learn the widths during training (AdaQAT) inside the plan's budgets; the exact "
+    "solver snaps the result onto them.",
+)
+@click.option(
+    "--bits-lr", default=0.25, show_default=True, type=float, help="Largest move per probe."
+)
+@click.option(
+    "--bits-probes",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Width groups probed per step (one extra forward each).",
+)
+@click.option(
+    "--bits-until",
+    default=0.75,
+    show_default=True,
+    type=float,
+    help="Fraction of the steps during which widths are learned.",
+)
+@click.option(
+    "--bits-freeze",
+    default=10,
+    show_default=True,
+    type=int,
+    help="Upward moves from one width before it freezes.",
+)
 def finetune(plan_path: str, **kw) -> None:
-    """Quantization-aware fine-tuning of a plan (LSQ, KD, QGAT/CTMQ schedules)."""
+    """Quantization-aware fine-tuning of a plan (LSQ, KD, QGAT/CTMQ schedules); under
+    ``torchrun --nproc-per-node N`` with DistributedDataParallel (rank 0 writes)."""
+    import os
+
     from hawq_search.plan import Plan
     from hawq_search.training.finetune import finetune_job
 
     opts = _finetune_options(kw)
     opts.validate()
     plan = Plan.load(plan_path)
+    main = os.environ.get("RANK", "0") in ("", "0")  # torchrun: rank 0 shows and tells
+    kw["quiet"] = kw.get("quiet") or not main
     with make_pipeline(**kw) as pipe:
         summary = finetune_job(pipe, plan, opts, plan_path=plan_path)
+    if not main:
+        return
     t, f = summary["top1"], summary["finetune"]
     click.echo(
         f"top-1 before {t['before']:.2f} % (PTQ), after {t['after']:.2f} % (float {t['fp']:.2f} %) "
@@ -292,7 +345,9 @@ def _finetune_options(kw: dict):
         batch_size=kw.pop("train_batch_size"), temperature=kw.pop("temperature"),
         alpha=kw.pop("kd_alpha"), kd=not kw.pop("no_kd"), augment=not kw.pop("no_augment"),
         freeze_bn_epochs=kw.pop("freeze_bn_epochs"), train_size=kw.pop("train_size"),
-        seed=kw.get("seed", 0), resume=kw.pop("resume"),
+        seed=kw.get("seed", 0), resume=kw.pop("resume"), learn_bits=kw.pop("learn_bits"),
+        bits_lr=kw.pop("bits_lr"), bits_probes=kw.pop("bits_probes"),
+        bits_until=kw.pop("bits_until"), bits_freeze=kw.pop("bits_freeze"),
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from hawq_search.inputs import dataset_name
 from hawq_search.pipeline import Pipeline
 from hawq_search.plan import Plan, apply_plan
 from hawq_search.progress import progress_bar
+from hawq_search.training.distributed import DistContext, init_from_env
 from hawq_search.training.options import FinetuneOptions
 from hawq_search.training.qat_model import build_qat_model, export_plan, float_state_dict
 from hawq_search.training.schedules import channel_order, make_phases
@@ -73,29 +74,41 @@ def finetune_job(pipe: Pipeline, plan: Plan, opts: FinetuneOptions, *,
                  on_epoch_end=None) -> dict:  # fmt: skip
     """Fine-tune ``plan`` on the pipeline's model; write the run directory; return the summary."""
     opts.validate()
-    out = pipe.run_dir()
+    ctx = _join(pipe, opts)  # torchrun: the process group (else a no-op context)
+    out = _run_dir(pipe, ctx)
     qmodel = build_qat_model(pipe.model, plan)  # PlanMismatchError before any work
     data = train_data if train_data is not None else training_data(pipe, opts.train_size)
     spe = steps_per_epoch(len(data), opts.batch_size)
     ranked = None
     if opts.schedule == "gradual":
-        scores = _scores(pipe, plan) if opts.order != "random" else None
-        ranked = channel_order(plan, opts.order, scores, seed=opts.seed)
+        if ctx.is_main:  # sensitivities once (cached in out); every process takes this order
+            scores = _scores(pipe, plan) if opts.order != "random" else None
+            ranked = channel_order(plan, opts.order, scores, seed=opts.seed)
+        ranked = ctx.broadcast(ranked)
     phases = make_phases(plan, opts.schedule, opts.epochs * spe, ranked=ranked,
                          stages=opts.stages, ladder_top=opts.ladder_top, cycles=opts.cycles)  # fmt: skip
-    before = pipe.top1(plan, "plan before fine-tuning")
-    fp = pipe.top1(None, "float")
+    learner = bp = None
+    if opts.learn_bits:
+        from hawq_search.training.learned_plan import make_learner
+
+        learner, bp = make_learner(pipe, plan, opts)
+    before = pipe.top1(plan, "plan before fine-tuning") if ctx.is_main else None  # rank 0 scores
+    fp = pipe.top1(None, "float") if ctx.is_main else None
     teacher = copy.deepcopy(pipe.model).eval() if opts.kd else None
     t0 = time.perf_counter()
-    with progress_bar(pipe.config.progress, opts.epochs * spe * opts.batch_size, "fine-tuning",
-                      "img") as bar:  # fmt: skip
+    with progress_bar(pipe.config.progress and ctx.is_main, opts.epochs * spe * opts.batch_size,
+                      "fine-tuning", "img") as bar:  # fmt: skip
         result = train(qmodel, teacher, data, phases, opts, pipe.runtime, out / CHECKPOINT,
                        _fingerprint(plan, opts, len(data)), progress=bar,
-                       on_epoch_end=on_epoch_end)  # fmt: skip
+                       on_epoch_end=on_epoch_end, learner=learner)  # fmt: skip
     wall = time.perf_counter() - t0
+    if not ctx.is_main:  # rank 0 writes the run directory; the others wait for its summary
+        return _finish(ctx, None)
     info = {"schedule": opts.schedule, "epochs": opts.epochs, "options": opts.to_dict(),
             "phases": [p.name for p in phases], "train_source": data.source,
             "train_images": len(data)}  # fmt: skip
+    if learner is not None:
+        plan, info["learn_bits"] = _learned_plan(qmodel, bp, learner)
     trained = export_plan(qmodel, plan, info)
     state = float_state_dict(qmodel, pipe.model)
     torch.save(state, out / FINETUNED)
@@ -105,7 +118,60 @@ def finetune_job(pipe: Pipeline, plan: Plan, opts: FinetuneOptions, *,
     after = _after_top1(pipe, trained, state)
     summary = _summary(pipe, opts, result, wall, {"fp": fp, "before": before, "after": after})
     summary["finetune"].update(train_images=len(data), train_source=data.source)
+    if "learn_bits" in info:
+        summary["finetune"]["learn_bits"] = {
+            k: v for k, v in info["learn_bits"].items() if k != "groups"
+        }
     write_json(out / "summary.json", summary)
+    return _finish(ctx, summary)
+
+
+def _learned_plan(qmodel, bp: Pipeline, learner) -> tuple[Plan, dict]:
+    """The exact solver's snap of the learned widths (the model moved onto it if it differs)."""
+    from hawq_search.training.learned_plan import snap_plan
+    from hawq_search.training.qat_model import lsq_layers
+
+    snapped, report = snap_plan(bp, learner)
+    layers = lsq_layers(qmodel)
+    for lp in snapped.layers:
+        if layers[lp.name].bits_now.tolist() != list(lp.w_bits):
+            layers[lp.name].set_bits(torch.tensor(lp.w_bits))
+    report.update(learner.report())
+    return snapped, report
+
+
+def _join(pipe: Pipeline, opts: FinetuneOptions) -> DistContext:
+    """This process's place under torchrun (a single-process context without it), after the
+    checks distributed training adds."""
+    ctx = init_from_env(pipe.runtime.device)
+    try:
+        ctx.local_batch(opts.batch_size)  # an equal share of every batch per process
+        if ctx.active and getattr(opts, "learn_bits", False):
+            raise UserInputError(
+                "learned bit-widths do not run under torchrun yet: fine-tune with one process",
+                params=("learn_bits",),
+            )
+    except UserInputError:
+        ctx.close()
+        raise
+    return ctx
+
+
+def _run_dir(pipe: Pipeline, ctx: DistContext) -> Path:
+    """The run directory: rank 0 creates and locks it; the other processes take its path (a
+    default ``runs/<model>-<time>`` name could differ between them) and neither lock nor
+    write it."""
+    if not ctx.active:
+        return pipe.run_dir()
+    pipe.out = Path(ctx.broadcast(str(pipe.run_dir()) if ctx.is_main else None))
+    return pipe.out
+
+
+def _finish(ctx: DistContext, summary: dict | None) -> dict:
+    """Rank 0's summary on every process (which also waits until rank 0 has written the run
+    directory); then the process group is closed if this job opened it."""
+    summary = ctx.broadcast(summary)
+    ctx.close()
     return summary
 
 

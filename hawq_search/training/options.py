@@ -38,6 +38,11 @@ class FinetuneOptions:
     train_size: int = 0
     seed: int = 0
     resume: bool = False
+    learn_bits: bool = False  # AdaQAT widths (see training.learn_bits)
+    bits_lr: float = 0.25  # largest move of a width's real position per probe
+    bits_probes: int = 1  # groups probed per step (one no-grad forward each)
+    bits_until: float = 0.75  # fraction of the steps during which widths are learned
+    bits_freeze: int = 10  # upward moves from one width before it freezes
 
     def validate(self) -> None:
         """Raise :class:`UserInputError` naming the first invalid argument."""
@@ -47,6 +52,18 @@ class FinetuneOptions:
         _int("freeze_bn_epochs", self.freeze_bn_epochs, 0)
         _int("train_size", self.train_size, 0)
         _int("ladder_top", self.ladder_top, 2)
+        _int("bits_probes", self.bits_probes, 1)
+        _int("bits_freeze", self.bits_freeze, 1)
+        if self.learn_bits and self.schedule == "ctmq":
+            raise UserInputError(
+                "learned bit-widths work with the direct and gradual schedules, not ctmq (its "
+                "ladder sets every width): drop learn_bits or pick another schedule",
+                params=("learn_bits", "schedule"),
+            )
+        for name in ("bits_lr", "bits_until"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and 0 < v <= 1):
+                raise UserInputError(f"{name} must be in (0, 1], got {v}", params=(name,))
         if self.schedule not in SCHEDULES:
             raise UserInputError(
                 f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}",

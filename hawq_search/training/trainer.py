@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hawq_search.core.exceptions import UserInputError
 from hawq_search.data.datasets import Batches, StreamData, TensorData
 from hawq_search.runtime import Runtime, autocast
+from hawq_search.training import distributed
 from hawq_search.training.augment import crop_flip
 from hawq_search.training.checkpoint import load_checkpoint, save_checkpoint
 from hawq_search.training.kd import kd_loss
@@ -38,7 +40,7 @@ __all__ = ["TrainResult", "epoch_batches", "steps_per_epoch", "train"]
 class TrainResult:
     epoch_times_s: list[float] = field(default_factory=list)
     epoch_losses: list[float] = field(default_factory=list)
-    images: int = 0  # images trained on in this process
+    images: int = 0  # images trained on (by all processes under torchrun)
     resumed_from: int = 0
 
 
@@ -47,12 +49,30 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
-def epoch_batches(data: Batches, epoch: int, seed: int, batch_size: int):
-    """The epoch's batches in a seeded order, and the generator that drew it."""
+def epoch_batches(data: Batches, epoch: int, seed: int, batch_size: int, rank: int = 0,
+                  world: int = 1):  # fmt: skip
+    """The epoch's batches in a seeded order, and the generator that drew it.
+
+    Under ``world`` processes (torchrun) every batch of ``batch_size`` is still drawn whole
+    from the same seeded order, and process ``rank`` gets its contiguous ``batch_size // world``
+    rows of it: together the processes train each step on exactly the images one process
+    would, in the same order, so results match one process and a resume is exact. (torch's
+    DistributedSampler would shuffle with its own generator and deal samples round-robin, so
+    neither the order nor the batches would be one process's.)"""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(len(data), generator=gen)
     take = steps_per_epoch(len(data), batch_size) * batch_size
     perm = perm[: min(take, len(data))]
+    if world > 1:
+        if batch_size % world or len(perm) % batch_size:
+            raise UserInputError(
+                f"batch_size {batch_size} must be divisible by the {world} processes and at "
+                f"most the {len(data)} training images",
+                params=("batch_size",),
+            )
+        share = batch_size // world
+        perm = perm.view(-1, batch_size)[:, rank * share : (rank + 1) * share].reshape(-1)
+        batch_size = share
     if isinstance(data, TensorData):
         batches = (
             (data.images[perm[i : i + batch_size]], data.labels[perm[i : i + batch_size]])
@@ -101,9 +121,13 @@ def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: list[Phase],
           opts: FinetuneOptions, runtime: Runtime, checkpoint: Path, fingerprint: dict,
           progress=None, on_epoch_end: Callable[[int], None] | None = None,
-          apply: Callable[[nn.Module, Phase], None] = apply_phase) -> TrainResult:  # fmt: skip
+          apply: Callable[[nn.Module, Phase], None] = apply_phase,
+          learner=None) -> TrainResult:  # fmt: skip
     """Train ``model`` in place for ``opts.epochs`` epochs (resuming from ``checkpoint`` when
-    ``opts.resume`` and it exists)."""
+    ``opts.resume`` and it exists); ``learner`` (a :class:`~hawq_search.training.learn_bits.
+    BitLearner`) learns the widths and then also places them when a phase starts."""
+    if learner is not None:
+        apply = learner.apply_phase
     spe = steps_per_epoch(len(data), opts.batch_size)
     total = opts.epochs * spe
     opt, sched = _optimizer(model, opts, total)
@@ -116,14 +140,19 @@ def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: li
         torch.set_rng_state(state["rng"])
         start = result.resumed_from = int(state["epoch"])
         result.epoch_times_s, result.epoch_losses = list(state["times"]), list(state["losses"])
+        if learner is not None:
+            learner.load_state_dict(state["learner"])
     if teacher is not None:
         teacher.eval()
     freeze_from = opts.epochs - min(opts.freeze_bn_epochs, opts.epochs - 1)
     device = runtime.device
+    ctx = distributed.current()
+    net = ctx.wrap(model)  # DDP under torchrun; ``model`` stays the plain module
     for epoch in range(start, opts.epochs):
         t0, loss_sum = time.perf_counter(), 0.0
         _set_train_mode(model, epoch >= freeze_from)
-        batches, gen = epoch_batches(data, epoch, opts.seed, opts.batch_size)
+        batches, gen = epoch_batches(data, epoch, opts.seed, opts.batch_size, ctx.rank,
+                                     ctx.world_size)  # fmt: skip
         for i, (x, y) in enumerate(batches):
             step = epoch * spe + i
             for ph in phases:
@@ -131,36 +160,48 @@ def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: li
                     apply(model, ph)
             x, y = x.to(device), y.to(device)
             if opts.augment:
-                x = crop_flip(x, gen)
-            loss_sum += _step(model, teacher, x, y, opts, runtime, opt, sched)
-            result.images += len(y)
+                x = crop_flip(x, gen, rank=ctx.rank, world=ctx.world_size)
+            loss_sum += _step(net, teacher, x, y, opts, runtime, opt, sched, learner, step, total)
+            result.images += len(y) * ctx.world_size
             if progress is not None:
-                progress.update(len(y))
+                progress.update(len(y) * ctx.world_size)
         result.epoch_times_s.append(time.perf_counter() - t0)
-        result.epoch_losses.append(loss_sum / spe)
-        save_checkpoint(checkpoint, {
-            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-            "times": result.epoch_times_s, "losses": result.epoch_losses,
-            "fingerprint": fingerprint,
-        })  # fmt: skip
+        result.epoch_losses.append(ctx.all_reduce_mean(loss_sum / spe))
+        if ctx.is_main:  # one writer; the barrier keeps the others from running ahead
+            save_checkpoint(checkpoint, {
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                "times": result.epoch_times_s, "losses": result.epoch_losses,
+                "fingerprint": fingerprint,
+                "learner": learner.state_dict() if learner is not None else None,
+            })  # fmt: skip
+        ctx.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
     model.eval()
     return result
 
 
-def _step(model, teacher, x, y, opts, runtime, opt, sched) -> float:
-    with autocast(runtime):
-        logits = model(x)
-        t_logits = None
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(x)
-    loss = kd_loss(logits, t_logits, y, opts.temperature, opts.alpha)
+def _step(model, teacher, x, y, opts, runtime, opt, sched, learner=None, step=0, total=1):
+    t_logits = None
+    if teacher is not None:
+        with torch.no_grad(), autocast(runtime):
+            t_logits = teacher(x)
+
+    def loss_of():
+        with autocast(runtime):
+            logits = model(x)
+        return kd_loss(logits, t_logits, y, opts.temperature, opts.alpha)
+
+    probes = []
+    if learner is not None and learner.active(step, total):
+        probes = learner.probe(model, loss_of)
+    loss = loss_of()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     sched.step()
     clamp_steps(model)
+    if probes:
+        learner.learn(model, float(loss.detach()), probes, step)
     return float(loss.detach())
