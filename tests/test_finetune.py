@@ -318,3 +318,41 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     b = torch.load(tmp_path / "b" / FINETUNED, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list((tmp_path / "b").glob("*.tmp"))
+
+
+# ---- feature distillation ------------------------------------------------------------------
+
+
+def test_feature_taps_pair_up_and_attention_loss_sees_a_changed_student():
+    import copy
+
+    from conftest import tiny_net
+
+    from hawq_search.training.feature_kd import FeatureTaps
+    from hawq_search.training.kd import attention_loss
+
+    teacher = tiny_net().eval()
+    student = copy.deepcopy(teacher)
+    ts, tt = FeatureTaps(student), FeatureTaps(teacher)
+    x = synthetic_data(8).images
+    student(x), teacher(x)
+    s, t = ts.take(), tt.take()
+    assert len(s) == len(t) == 7 and all(a.dim() == 4 for a in s)  # TinyNet's 4-D children
+    assert float(attention_loss(s, t).detach()) == 0.0
+    with torch.no_grad():
+        student.conv1.weight.mul_(torch.linspace(0.1, 3, 8)[:, None, None, None])
+    student(x), teacher(x)
+    assert float(attention_loss(ts.take(), tt.take()).detach()) > 1e-4
+    ts.close()
+    student(x)
+    assert ts.features == []  # hooks removed
+
+
+def test_finetune_with_feature_distillation_trains(tmp_path):
+    pipe = tiny_session(tmp_path / "r", wbits=(2, 4, 8), abits=(4,))
+    opts = FinetuneOptions(epochs=3, schedule="direct", batch_size=16, lr=0.05, feature_kd=1.0)
+    s = finetune_job(pipe, _plan(pipe, 2), opts, train_data=synthetic_data(96, seed=3))
+    losses = s["finetune"]["epoch_losses"]
+    assert losses[-1] < losses[0]
+    with pytest.raises(Exception, match="teacher"):
+        FinetuneOptions(feature_kd=1.0, kd=False).validate()

@@ -33,6 +33,7 @@ class FinetuneOptions:
     temperature: float = 4.0
     alpha: float = 0.9
     kd: bool = True
+    feature_kd: float = 0.0  # weight of channel-attention feature distillation (0 = off)
     augment: bool = True
     freeze_bn_epochs: int = 1
     train_size: int = 0
@@ -59,6 +60,11 @@ class FinetuneOptions:
                 "learned bit-widths work with the direct and gradual schedules, not ctmq (its "
                 "ladder sets every width): drop learn_bits or pick another schedule",
                 params=("learn_bits", "schedule"),
+            )
+        if self.feature_kd > 0 and not self.kd:
+            raise UserInputError(
+                "feature distillation needs the float teacher: drop no_kd or feature_kd",
+                params=("feature_kd", "no_kd"),
             )
         for name in ("bits_lr", "bits_until"):
             v = getattr(self, name)
@@ -87,7 +93,7 @@ class FinetuneOptions:
             v = getattr(self, name)
             if not 0 <= v <= hi:
                 raise UserInputError(f"{name} must be in [0, {hi}], got {v}", params=(name,))
-        for name in ("weight_decay",):
+        for name in ("weight_decay", "feature_kd"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise UserInputError(

@@ -28,7 +28,8 @@ from hawq_search.runtime import Runtime, autocast
 from hawq_search.training import distributed
 from hawq_search.training.augment import crop_flip
 from hawq_search.training.checkpoint import load_checkpoint, save_checkpoint
-from hawq_search.training.kd import kd_loss
+from hawq_search.training.feature_kd import FeatureTaps
+from hawq_search.training.kd import attention_loss, kd_loss
 from hawq_search.training.options import FinetuneOptions
 from hawq_search.training.qat_model import clamp_steps, lsq_layers, step_parameters
 from hawq_search.training.schedules import Phase
@@ -144,6 +145,9 @@ def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: li
             learner.load_state_dict(state["learner"])
     if teacher is not None:
         teacher.eval()
+    taps = None
+    if teacher is not None and opts.feature_kd > 0:
+        taps = (FeatureTaps(model), FeatureTaps(teacher))
     freeze_from = opts.epochs - min(opts.freeze_bn_epochs, opts.epochs - 1)
     device = runtime.device
     ctx = distributed.current()
@@ -161,7 +165,8 @@ def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: li
             x, y = x.to(device), y.to(device)
             if opts.augment:
                 x = crop_flip(x, gen, rank=ctx.rank, world=ctx.world_size)
-            loss_sum += _step(net, teacher, x, y, opts, runtime, opt, sched, learner, step, total)
+            loss_sum += _step(net, teacher, x, y, opts, runtime, opt, sched, learner, step, total,
+                              taps)  # fmt: skip
             result.images += len(y) * ctx.world_size
             if progress is not None:
                 progress.update(len(y) * ctx.world_size)
@@ -178,20 +183,27 @@ def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: li
         ctx.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
+    for tap in taps or ():
+        tap.close()
     model.eval()
     return result
 
 
-def _step(model, teacher, x, y, opts, runtime, opt, sched, learner=None, step=0, total=1):
-    t_logits = None
+def _step(model, teacher, x, y, opts, runtime, opt, sched, learner=None, step=0, total=1,
+          taps=None):  # fmt: skip
+    t_logits, t_feats = None, None
     if teacher is not None:
         with torch.no_grad(), autocast(runtime):
             t_logits = teacher(x)
+        t_feats = taps[1].take() if taps is not None else None
 
     def loss_of():
         with autocast(runtime):
             logits = model(x)
-        return kd_loss(logits, t_logits, y, opts.temperature, opts.alpha)
+        loss = kd_loss(logits, t_logits, y, opts.temperature, opts.alpha)
+        if t_feats is not None:
+            loss = loss + opts.feature_kd * attention_loss(taps[0].take(), t_feats)
+        return loss
 
     probes = []
     if learner is not None and learner.active(step, total):
