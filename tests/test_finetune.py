@@ -356,3 +356,17 @@ def test_finetune_with_feature_distillation_trains(tmp_path):
     assert losses[-1] < losses[0]
     with pytest.raises(Exception, match="teacher"):
         FinetuneOptions(feature_kd=1.0, kd=False).validate()
+
+
+def test_final_share_gives_the_planned_widths_their_share_of_the_steps(tmp_path):
+    pipe = tiny_session(tmp_path / "r", wbits=(2, 4, 8), abits=(4,))
+    plan = _plan(pipe, 2)
+    ranked = channel_order(plan, "random", seed=0)
+    phases = make_phases(plan, "gradual", 80, ranked=ranked, stages=(0.25, 0.5, 0.75, 1.0),
+                         final_share=0.5)  # fmt: skip
+    assert [p.start for p in phases] == [0, 13, 26, 40]
+    ctmq = make_phases(plan, "ctmq", 100, ladder_top=4, cycles=1, final_share=0.6)
+    assert ctmq[-1].start == 40 and ctmq[-1].name == "cycle 1: 2 bits"
+    assert [p.start for p in make_phases(plan, "direct", 50, final_share=0.5)] == [0]
+    with pytest.raises(Exception, match="final_share"):
+        FinetuneOptions(final_share=0.0).validate()

@@ -263,6 +263,13 @@ def _stages(ctx, param, value: str) -> tuple[float, ...]:
     type=float,
     help="Weight of the KD term (1 - alpha on cross-entropy).",
 )
+@click.option(
+    "--final-share",
+    default=0.5,
+    show_default=True,
+    type=float,
+    help="Share of the steps at the planned widths (gradual, ctmq); earlier phases split the rest.",
+)
 @click.option("--no-kd", is_flag=True, help="Cross-entropy only, no float teacher.")
 @click.option(
     "--feature-kd",
@@ -350,7 +357,7 @@ def _finetune_options(kw: dict):
         stages=kw.pop("stages"), cycles=kw.pop("cycles"), ladder_top=kw.pop("ladder_top"),
         lr=kw.pop("lr"), momentum=kw.pop("momentum"), weight_decay=kw.pop("weight_decay"),
         batch_size=kw.pop("train_batch_size"), temperature=kw.pop("temperature"),
-        alpha=kw.pop("kd_alpha"), kd=not kw.pop("no_kd"), feature_kd=kw.pop("feature_kd"), augment=not kw.pop("no_augment"),
+        alpha=kw.pop("kd_alpha"), kd=not kw.pop("no_kd"), feature_kd=kw.pop("feature_kd"), final_share=kw.pop("final_share"), augment=not kw.pop("no_augment"),
         freeze_bn_epochs=kw.pop("freeze_bn_epochs"), train_size=kw.pop("train_size"),
         seed=kw.get("seed", 0), resume=kw.pop("resume"), learn_bits=kw.pop("learn_bits"),
         bits_lr=kw.pop("bits_lr"), bits_probes=kw.pop("bits_probes"),

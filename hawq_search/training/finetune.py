@@ -86,7 +86,8 @@ def finetune_job(pipe: Pipeline, plan: Plan, opts: FinetuneOptions, *,
             ranked = channel_order(plan, opts.order, scores, seed=opts.seed)
         ranked = ctx.broadcast(ranked)
     phases = make_phases(plan, opts.schedule, opts.epochs * spe, ranked=ranked,
-                         stages=opts.stages, ladder_top=opts.ladder_top, cycles=opts.cycles)  # fmt: skip
+                         stages=opts.stages, ladder_top=opts.ladder_top, cycles=opts.cycles,
+                         final_share=opts.final_share)  # fmt: skip
     learner = bp = None
     if opts.learn_bits:
         from hawq_search.training.learned_plan import make_learner

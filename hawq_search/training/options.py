@@ -25,6 +25,7 @@ class FinetuneOptions:
     order: str = "sensitivity"
     stages: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     cycles: int = 2
+    final_share: float = 0.5  # steps at the planned widths (gradual, ctmq); the rest ramps
     ladder_top: int = 8
     lr: float = 0.01
     momentum: float = 0.9
@@ -66,7 +67,7 @@ class FinetuneOptions:
                 "feature distillation needs the float teacher: drop no_kd or feature_kd",
                 params=("feature_kd", "no_kd"),
             )
-        for name in ("bits_lr", "bits_until"):
+        for name in ("bits_lr", "bits_until", "final_share"):
             v = getattr(self, name)
             if not (math.isfinite(v) and 0 < v <= 1):
                 raise UserInputError(f"{name} must be in (0, 1], got {v}", params=(name,))

@@ -1,8 +1,10 @@
 """Which bits each channel uses when: direct QAT, gradual QGAT and CTMQ as lists of phases.
 
 A phase starts at a global training step and sets every layer's per-channel bits and every
-activation group's bits (32 = not quantized). Phases split the run's steps evenly, so a
-schedule fits any number of epochs (also one) and resumes from any epoch boundary.
+activation group's bits (32 = not quantized). The last phase (every channel at its
+planned width) gets ``final_share`` of the run's steps (default half: the target widths need the
+most training, measured in benchmarks/results/finetune.md) and the others split the rest evenly,
+so a schedule fits any number of epochs (also one) and resumes from any epoch boundary.
 
 - ``direct``: everything at its planned bits from the first step.
 - ``gradual`` (QGAT): the quantized channels, ranked (least sensitive first by default), move
@@ -85,8 +87,11 @@ def _ctmq(plan: Plan, top: int, cycles: int) -> list[tuple[str, dict, dict]]:
 
 
 def make_phases(plan: Plan, schedule: str, total_steps: int, *, ranked=None, stages=(1.0,),
-                ladder_top: int = 8, cycles: int = 1) -> list[Phase]:  # fmt: skip
-    """The phases of ``schedule`` over ``total_steps`` steps (each gets an even share)."""
+                ladder_top: int = 8, cycles: int = 1,
+                final_share: float | None = None) -> list[Phase]:  # fmt: skip
+    """The phases of ``schedule`` over ``total_steps`` steps: the last phase (every channel at
+    its planned width) gets ``final_share`` of them and the others split the rest evenly
+    (``None``: every phase an even share)."""
     if schedule == "direct":
         w, a = _planned(plan)
         parts = [("direct", w, a)]
@@ -97,4 +102,8 @@ def make_phases(plan: Plan, schedule: str, total_steps: int, *, ranked=None, sta
     else:
         raise UserInputError(f"schedule {schedule!r} is unknown", params=("schedule",))
     n = len(parts)
-    return [Phase(name, (k * total_steps) // n, w, a) for k, (name, w, a) in enumerate(parts)]
+    if final_share is None or n == 1:
+        return [Phase(name, (k * total_steps) // n, w, a) for k, (name, w, a) in enumerate(parts)]
+    ramp = total_steps - round(final_share * total_steps)
+    starts = [(k * ramp) // (n - 1) for k in range(n - 1)] + [ramp]
+    return [Phase(name, s, w, a) for s, (name, w, a) in zip(starts, parts, strict=True)]
