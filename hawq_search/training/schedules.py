@@ -104,6 +104,6 @@ def make_phases(plan: Plan, schedule: str, total_steps: int, *, ranked=None, sta
     n = len(parts)
     if final_share is None or n == 1:
         return [Phase(name, (k * total_steps) // n, w, a) for k, (name, w, a) in enumerate(parts)]
-    ramp = total_steps - round(final_share * total_steps)
+    ramp = total_steps - max(1, round(final_share * total_steps))  # the last phase runs
     starts = [(k * ramp) // (n - 1) for k in range(n - 1)] + [ramp]
     return [Phase(name, s, w, a) for s, (name, w, a) in zip(starts, parts, strict=True)]
