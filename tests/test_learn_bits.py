@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import synthetic_data, tiny_session
+from test_finetune import _Stop, _stop_after
 
 from hawq_search.core.exceptions import UserInputError
 from hawq_search.plan import Plan, apply_plan
@@ -117,18 +118,6 @@ def test_finetune_with_learned_bits_delivers_a_plan_inside_the_budget(tmp_path, 
     from hawq_search.evaluation import top1
 
     assert top1(apply_plan(model, trained).eval(), pipe.eval_data) == s["top1"]["after"]
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_after(n):
-    def hook(epoch):
-        if epoch == n:
-            raise _Stop
-
-    return hook
 
 
 def test_resume_with_learned_bits_matches_an_uninterrupted_run(tmp_path):
