@@ -272,7 +272,8 @@ def write_table(store: Store, header: Header, args, out_dir: Path) -> None:
             ),  # fmt: skip
         ]
     write_results("finetune", header, "Fine-tuning benchmark", "\n".join(body),
-                  {"runs": data, "args": vars(args)}, out_dir)  # fmt: skip
+                  {"runs": data, "args": {k: str(v) if isinstance(v, Path) else v
+                                          for k, v in vars(args).items()}}, out_dir)  # fmt: skip
 
 
 def main() -> None:

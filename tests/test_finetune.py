@@ -11,7 +11,8 @@ from conftest import invoke_cli, remove_user_env, synthetic_data, tiny_session, 
 
 from hawq_search.plan import Plan, apply_plan
 from hawq_search.training.finetune import FINETUNED, finetune_job
-from hawq_search.training.lsq import grad_scale, lsq_quantize, weight_grad_scale
+from hawq_search.training.fused_lsq import lsq_act_quantize
+from hawq_search.training.lsq import grad_scale, weight_grad_scale
 from hawq_search.training.options import FinetuneOptions
 from hawq_search.training.qat_model import build_qat_model, export_plan, float_state_dict
 from hawq_search.training.schedules import channel_order, make_phases
@@ -37,7 +38,7 @@ def test_lsq_gradients_match_the_formula(seed, qmin, qmax):
     s.requires_grad_(True)
     x.requires_grad_(True)
     gs = 0.123
-    lsq_quantize(x, grad_scale(s, gs), qmin, qmax).sum().backward()
+    lsq_act_quantize(x, s, gs, qmin, qmax).sum().backward()
     v = x.detach() / s.detach()
     inside = (v >= qmin) & (v <= qmax)
     ds = torch.where(v < qmin, qmin, torch.where(v > qmax, qmax, torch.round(v) - v))

@@ -7,7 +7,9 @@ unsigned ``[0, 2^b-1]`` after ReLU and signed narrow otherwise. What LSQ adds is
 the step ``s``: ``d v_hat / d s = round(v/s) - v/s`` inside the grid and ``-Q_N`` / ``Q_P`` at
 its ends, scaled by ``g = 1/sqrt(N * Q_P)`` (``N`` values share the step: a channel's weights,
 or one sample's features) so steps move at the pace of the weights. The value is rounded with
-the clipped straight-through estimator (gradient 1 inside the grid, 0 outside).
+the clipped straight-through estimator (gradient 1 inside the grid, 0 outside). Weights use
+:func:`~hawq_search.quant.weight.fake_quant_per_channel` with :func:`grad_scale` on the steps;
+activations, where the cost is, use the fused :mod:`hawq_search.training.fused_lsq`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from hawq_search.quant.activation import act_levels
 
-__all__ = ["act_grad_scale", "grad_scale", "lsq_quantize", "weight_grad_scale"]
+__all__ = ["act_grad_scale", "grad_scale", "weight_grad_scale"]
 
 
 class _GradScale(torch.autograd.Function):
@@ -39,26 +41,6 @@ def grad_scale(s: torch.Tensor, g: torch.Tensor | float) -> torch.Tensor:
     """``s`` with its gradient multiplied by ``g``. Unlike the usual ``s*g + (s - s*g).detach()``
     the forward value is bit-identical to ``s``, so training and export quantize alike."""
     return _GradScale.apply(s, g)
-
-
-class _RoundClampSTE(torch.autograd.Function):
-    """``clamp(round(v), qmin, qmax)``; gradient 1 inside ``[qmin, qmax]``, 0 outside."""
-
-    @staticmethod
-    def forward(ctx, v, qmin, qmax):
-        ctx.save_for_backward((v >= qmin) & (v <= qmax))
-        return torch.clamp(torch.round(v), qmin, qmax)
-
-    @staticmethod
-    def backward(ctx, g):
-        (inside,) = ctx.saved_tensors
-        return g * inside, None, None
-
-
-def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: float, qmax: float) -> torch.Tensor:
-    """``clamp(round(x / s), qmin, qmax) * s`` with LSQ's gradients to ``x`` and ``step``."""
-    s = step.to(x.dtype)
-    return _RoundClampSTE.apply(x / s, qmin, qmax) * s
 
 
 def weight_grad_scale(bits: torch.Tensor, per_channel: int) -> torch.Tensor:

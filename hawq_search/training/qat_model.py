@@ -28,12 +28,8 @@ from hawq_search.quant.modules import (
     mse_scales_for_bits,
 )
 from hawq_search.quant.weight import fake_quant_per_channel
-from hawq_search.training.lsq import (
-    act_grad_scale,
-    grad_scale,
-    lsq_quantize,
-    weight_grad_scale,
-)
+from hawq_search.training.fused_lsq import lsq_act_quantize
+from hawq_search.training.lsq import act_grad_scale, grad_scale, weight_grad_scale
 
 __all__ = [
     "LsqActQuantizer",
@@ -87,7 +83,7 @@ class LsqActQuantizer(nn.Module):
             return fake_quant_activation(x, bits, clip, self.signed)
         qmin, qmax = act_levels(bits, self.signed)
         g = act_grad_scale(bits, self.signed, x[0].numel())
-        return lsq_quantize(x.float(), grad_scale(self.step, g), qmin, qmax)
+        return lsq_act_quantize(x, self.step, g, qmin, qmax)
 
 
 class _Lsq(QuantLayer):
