@@ -16,6 +16,7 @@ import torch.distributed as dist
 from conftest import synthetic_data, tiny_session
 
 from hawq_search.core.exceptions import UserInputError
+from hawq_search.plan import Plan
 from hawq_search.training.augment import crop_flip
 from hawq_search.training.distributed import DistContext
 from hawq_search.training.finetune import FINETUNED, finetune_job
@@ -69,11 +70,13 @@ torch.save = save
 
 from conftest import synthetic_data, tiny_session
 from test_ddp import _plan
+from hawq_search.plan import Plan
 from hawq_search.training.finetune import finetune_job
 from hawq_search.training.options import FinetuneOptions
 
-pipe = tiny_session(out, wbits=(2, 4, 8), abits=(4,))
-summary = finetune_job(pipe, _plan(pipe), FinetuneOptions(**{opts!r}),
+pipe = tiny_session(out, **{session!r})
+plan = Plan.load({plan_path!r}) if {plan_path!r} else _plan(pipe)
+summary = finetune_job(pipe, plan, FinetuneOptions(**{opts!r}),
                        train_data=synthetic_data({n}, seed={seed}))
 pipe.close()
 mine = list(events)
@@ -114,24 +117,45 @@ def test_batch_size_must_divide_among_the_processes():
         epoch_batches(synthetic_data(8), 0, 0, 16, rank=0, world=2)  # not one full batch
 
 
+# Learned widths: rank 0's problem on every process, probe losses averaged over the shares.
+CASES = {
+    "gradual": (OPTS, dict(wbits=(2, 4, 8), abits=(4,)), False, TRAIN),
+    "learned bits": (
+        dict(epochs=2, schedule="direct", batch_size=16, lr=0.05, learn_bits=True,
+             bits_probes=2, bits_lr=0.5),
+        dict(wbits=(2, 3, 4, 8), abits=(8,), budget_mb=0.0009),
+        True,
+        dict(n=192, seed=3),  # 24 steps: enough probes past the warm-up for widths to move
+    ),
+}  # fmt: skip
+
+
 @needs_gloo
-def test_two_processes_train_the_weights_one_process_does(tmp_path):
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_train_the_weights_one_process_does(tmp_path, case):
+    opts, session, searched, train = CASES[case]
     root = tmp_path.resolve()
     reports = root / "reports"
     reports.mkdir()
+    one = tiny_session(root / "one", **session)
+    plan = one.search()[0] if searched else _plan(one)  # searched once, in this process
+    plan_path = ""
+    if searched:
+        plan_path = str(root / "searched-plan.json")
+        plan.save(plan_path)
     script = root / "ddp_job.py"
     script.write_text(SCRIPT.format(tests=str(TESTS), root=str(root / "two"),
-                                    out=str(root / "two" / "run"), opts=OPTS,
-                                    reports=str(reports), **TRAIN))  # fmt: skip
+                                    out=str(root / "two" / "run"), opts=opts,
+                                    session=session, plan_path=plan_path,
+                                    reports=str(reports), **train))  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", str(script)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=root, start_new_session=True)  # fmt: skip
     try:  # the one-process reference while torchrun starts
-        one = tiny_session(root / "one", wbits=(2, 4, 8), abits=(4,))
-        ref = finetune_job(one, _plan(one), FinetuneOptions(**OPTS),
-                           train_data=synthetic_data(TRAIN["n"], seed=TRAIN["seed"]))  # fmt: skip
+        ref = finetune_job(one, plan, FinetuneOptions(**opts),
+                           train_data=synthetic_data(train["n"], seed=train["seed"]))  # fmt: skip
         one.close()
         log, _ = proc.communicate(timeout=180)
     finally:
@@ -150,18 +174,37 @@ def test_two_processes_train_the_weights_one_process_does(tmp_path):
     assert names == sorted(p.name for p in (root / "one").iterdir())
     assert not [n for n in names if n.endswith(".tmp")]
 
+    s0, s1 = r0["summary"], r1["summary"]
+    assert s0 == s1  # every process returns rank 0's summary
+    pa, pb = (json.loads((d / "plan.json").read_text()) for d in (root / "one", run))
+    if searched:
+        _check_learned_bits(pb, plan, s0, ref)
+        return
     a = torch.load(root / "one" / FINETUNED, weights_only=True)
     b = torch.load(run / FINETUNED, weights_only=True)
     assert a.keys() == b.keys()
     diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
     print(f"max |w_1proc - w_2proc| = {diff:.3e}")
     assert diff <= ATOL
-    pa, pb = (json.loads((d / "plan.json").read_text()) for d in (root / "one", run))
     for la, lb in zip(pa["layers"], pb["layers"], strict=True):
         assert la["w_bits"] == lb["w_bits"]
         assert la["w_scale"] == pytest.approx(lb["w_scale"], rel=1e-4, abs=1e-6)
-    s0, s1 = r0["summary"], r1["summary"]
-    assert s0 == s1  # every process returns rank 0's summary
     assert s0["finetune"]["epoch_losses"] == pytest.approx(
         ref["finetune"]["epoch_losses"], rel=1e-4
+    )
+
+
+def _check_learned_bits(two: dict, plan, summary: dict, ref: dict) -> None:
+    """Learned widths under torchrun: every process makes the same moves (they all read the
+    same all-reduced probe losses, or DDP's gradients would mix different models), widths move,
+    the delivered plan fits the budget without the snap changing it. Not compared width for
+    width with one process: a width move is a threshold decision, and the MSE step a moved
+    width gets is an argmin over a grid of clip ratios, so float-order differences of 1e-7 in
+    the probe losses or the weights can turn one decision, after which the runs differ."""
+    lb = two["provenance"]["finetune"]["learn_bits"]
+    assert lb["moves"] > 0, lb  # widths moved during training
+    assert lb["snap_changed_groups"] == 0  # the running plan stayed inside the budget
+    assert Plan.from_dict(two).totals["bytes"] <= plan.budgets["size_bytes"]
+    assert summary["finetune"]["epoch_losses"] == pytest.approx(
+        ref["finetune"]["epoch_losses"], rel=0.1
     )

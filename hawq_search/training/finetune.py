@@ -92,7 +92,7 @@ def finetune_job(pipe: Pipeline, plan: Plan, opts: FinetuneOptions, *,
     if opts.learn_bits:
         from hawq_search.training.learned_plan import make_learner
 
-        learner, bp = make_learner(pipe, plan, opts)
+        learner, bp = make_learner(pipe, plan, opts, ctx)
     before = pipe.top1(plan, "plan before fine-tuning") if ctx.is_main else None  # rank 0 scores
     fp = pipe.top1(None, "float") if ctx.is_main else None
     teacher = copy.deepcopy(pipe.model).eval() if opts.kd else None
@@ -103,6 +103,10 @@ def finetune_job(pipe: Pipeline, plan: Plan, opts: FinetuneOptions, *,
                        _fingerprint(plan, opts, len(data)), progress=bar,
                        on_epoch_end=on_epoch_end, learner=learner)  # fmt: skip
     wall = time.perf_counter() - t0
+    if learner is not None and ctx.active:  # a divergent process would have trained a mix
+        mine = learner.w_choice.tolist()
+        if ctx.broadcast(mine) != mine:
+            raise RuntimeError(f"rank {ctx.rank} learned other widths than rank 0")
     if not ctx.is_main:  # rank 0 writes the run directory; the others wait for its summary
         return _finish(ctx, None)
     info = {"schedule": opts.schedule, "epochs": opts.epochs, "options": opts.to_dict(),
@@ -147,11 +151,6 @@ def _join(pipe: Pipeline, opts: FinetuneOptions) -> DistContext:
     ctx = init_from_env(pipe.runtime.device)
     try:
         ctx.local_batch(opts.batch_size)  # an equal share of every batch per process
-        if ctx.active and getattr(opts, "learn_bits", False):
-            raise UserInputError(
-                "learned bit-widths do not run under torchrun yet: fine-tune with one process",
-                params=("learn_bits",),
-            )
     except UserInputError:
         ctx.close()
         raise

@@ -16,6 +16,7 @@ from hawq_search.pipeline import Pipeline
 from hawq_search.plan import Plan
 from hawq_search.planning import plan_from_solution
 from hawq_search.repricing import exact_hardware_totals, solve_within_exact_budgets
+from hawq_search.training.distributed import DistContext
 from hawq_search.training.learn_bits import BitLearner
 from hawq_search.training.options import FinetuneOptions
 from searches import IlpSearch, SearchProblem, Solution
@@ -64,15 +65,23 @@ def _exact_ok(pipe: Pipeline):
     return ok, exact
 
 
-def make_learner(pipe: Pipeline, plan: Plan, opts: FinetuneOptions) -> tuple[BitLearner, Pipeline]:
-    """The width learner of ``plan`` and the pipeline its budgets live on."""
+def make_learner(
+    pipe: Pipeline, plan: Plan, opts: FinetuneOptions, ctx: DistContext | None = None
+) -> tuple[BitLearner, Pipeline]:
+    """The width learner of ``plan`` and the pipeline its budgets live on.
+
+    Under torchrun (``ctx``) rank 0 computes the sensitivities and every process takes its
+    problem, and each probe's loss is averaged over the processes' shares of the batch, so
+    every process makes the same moves, the ones one process would make on the whole batch."""
+    ctx = ctx or DistContext()
     bp = budget_pipeline(pipe, plan)
-    problem = bp.problem(bp.sensitivity())
+    problem = ctx.broadcast(bp.problem(bp.sensitivity()) if ctx.is_main else None)
     w, a = BitLearner.choice_of_plan(problem, plan)
     ok, _ = _exact_ok(bp)
     learner = BitLearner(
         problem, w, a, eta=opts.bits_lr, probes_per_step=opts.bits_probes,
         until=opts.bits_until, freeze_after=opts.bits_freeze, exact_ok=ok,
+        reduce=ctx.all_reduce_mean,
     )  # fmt: skip
     return learner, bp
 
