@@ -62,6 +62,14 @@ VARIANTS = {  # name -> FinetuneOptions fields
     "direct": {"schedule": "direct"},
     "gradual (default)": {"schedule": "gradual"},
     "gradual + learned bits": {"schedule": "gradual", "learn_bits": True},
+    # one probe per step reaches each of ResNet-20's ~65 width groups about once an epoch:
+    # 4 probes per step and twice the move let widths move within a short run
+    "gradual + learned bits x4 probes": {
+        "schedule": "gradual",
+        "learn_bits": True,
+        "bits_probes": 4,
+        "bits_lr": 0.5,
+    },
     "ctmq": {"schedule": "ctmq"},
 }
 
@@ -237,6 +245,11 @@ def write_table(store: Store, header: Header, args, out_dir: Path) -> None:
     ]  # fmt: skip
     body += [
         "",
+        "img/s is of each whole fine-tune as it ran (the first QAT run of a process includes "
+        "torch.compile's warm-up, and some runs shared the 2 cores with other jobs, which can "
+        "slow a run several times): the cost of a step is in the throughput section below, "
+        "measured alone in one process.",
+        "",
         "Invocations that filled this table (finished fine-tunes are kept and reused):",
         "",
     ]
@@ -289,6 +302,8 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path,
                     default=Path(tempfile.gettempdir(), "hawq_bench_finetune"))  # fmt: skip
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--table-only", action="store_true",
+                    help="rewrite the table from the finished fine-tunes; run nothing")  # fmt: skip
     args = ap.parse_args()
     args.epochs = [int(e) for e in args.epochs.split(",")]
     args.mean_bits = [int(b) for b in args.mean_bits.split(",")]
@@ -298,6 +313,10 @@ def main() -> None:
     header = Header()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     store = Store(args.work_dir / "finetunes.json")
+    if args.table_only:  # the table's command is the one that runs every part
+        header.command = "python benchmarks/bench_finetune.py"
+        write_table(store, header, args, args.out_dir)
+        return
     parts = args.parts.split(",")
     runs = store.data.get("_invocations", [])
     store.put("_invocations", [*runs, {"command": header.command, "date": header.date,
