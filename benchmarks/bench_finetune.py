@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import tempfile
 import time
 import warnings
@@ -218,8 +219,15 @@ def part_throughput(args, work: Path, store: Store) -> None:
     log(f"throughput: {ips}")
 
 
+def _portable(command: str) -> str:
+    """An invocation as recorded, its work and output directories (machine paths) elided."""
+    return re.sub(r"--(work|out)-dir \S+", r"--\1-dir DIR", command)
+
+
 def write_table(store: Store, header: Header, args, out_dir: Path) -> None:
-    rows, data = [], store.data
+    rows, data = [], dict(store.data)
+    data["_invocations"] = [dict(r, command=_portable(r["command"]))
+                            for r in data.get("_invocations", [])]  # fmt: skip
     runs = {k: r for k, r in data.items() if k != "throughput" and not k.startswith("_")}
     fp = {(k.split()[0], r["epochs"]): r for k, r in runs.items() if r["variant"] == "fp"}
     for key, r in runs.items():
@@ -285,8 +293,8 @@ def write_table(store: Store, header: Header, args, out_dir: Path) -> None:
             ),  # fmt: skip
         ]
     write_results("finetune", header, "Fine-tuning benchmark", "\n".join(body),
-                  {"runs": data, "args": {k: str(v) if isinstance(v, Path) else v
-                                          for k, v in vars(args).items()}}, out_dir)  # fmt: skip
+                  {"runs": data, "args": {k: v for k, v in vars(args).items()
+                                          if not isinstance(v, Path)}}, out_dir)  # fmt: skip
 
 
 def main() -> None:
