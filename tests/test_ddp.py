@@ -69,13 +69,12 @@ def save(obj, f, *args, **kw):
 torch.save = save
 
 from conftest import synthetic_data, tiny_session
-from test_ddp import _plan
 from hawq_search.plan import Plan
 from hawq_search.training.finetune import finetune_job
 from hawq_search.training.options import FinetuneOptions
 
 pipe = tiny_session(out, **{session!r})
-plan = Plan.load({plan_path!r}) if {plan_path!r} else _plan(pipe)
+plan = Plan.load({plan_path!r})
 summary = finetune_job(pipe, plan, FinetuneOptions(**{opts!r}),
                        train_data=synthetic_data({n}, seed={seed}))
 pipe.close()
@@ -138,11 +137,9 @@ def test_two_processes_train_the_weights_one_process_does(tmp_path, case):
     reports = root / "reports"
     reports.mkdir()
     one = tiny_session(root / "one", **session)
-    plan = one.search()[0] if searched else _plan(one)  # searched once, in this process
-    plan_path = ""
-    if searched:
-        plan_path = str(root / "searched-plan.json")
-        plan.save(plan_path)
+    plan = one.search()[0] if searched else _plan(one)  # made once, in this process
+    plan_path = str(root / "plan-in.json")
+    plan.save(plan_path)
     script = root / "ddp_job.py"
     script.write_text(SCRIPT.format(tests=str(TESTS), root=str(root / "two"),
                                     out=str(root / "two" / "run"), opts=opts,

@@ -5,13 +5,14 @@ activation tensor per training step (a float32 copy, the division, rounding, cla
 and autograd's gradients of the division and the product), which made a ResNet-20 QAT step
 cost 2.1x an FP step. Here the forward pass and the backward pass are each one function of
 the saved input: the forward returns ``clamp(round(x / s), qmin, qmax) * s`` in the input's
-dtype (the values a following bf16 convolution would see anyway) computing in float32 (or the step's wider dtype), and the
-backward returns the straight-through gradient of ``x`` and LSQ's gradient of ``s`` from the
-same recomputed ``v = x / s``. Nothing but ``x`` is saved.
+dtype (the values a following bf16 convolution would see anyway), computed in float32 (or the
+step's wider dtype), and the backward returns the straight-through gradient of ``x`` and LSQ's
+gradient of ``s`` from the same recomputed ``v = x / s``. Of tensors the size of ``x``, only
+``x`` itself is saved.
 
 Where torch's compiler works on the device (``torch.compile`` needs a C++ compiler on CPUs)
 each of the two functions becomes one fused loop; the first call tries it and falls back to the
-same functions run eagerly, with one warning, if compilation fails. ``HAWQ_SEARCH_COMPILE=0``
+same function run eagerly, with one warning, if compilation fails. ``HAWQ_SEARCH_COMPILE=0``
 turns compilation off (``=1`` makes a failure an error). The eager and compiled kernels compute
 the same formula in float32; tests check they agree.
 """
@@ -46,7 +47,8 @@ def _backward(
     return grad_x, grad_s
 
 
-_kernels: dict[str, tuple[Callable, Callable]] = {}
+_EAGER = (_forward, _backward)
+_kernels: dict[tuple[str, int], Callable] = {}  # (device type, 0 forward / 1 backward)
 
 
 def compile_mode() -> str:
@@ -68,31 +70,32 @@ def _compiled(fn: Callable) -> Callable:
 
 
 def _run(which: int, device_type: str, *args):
-    """Call the forward (0) or backward (1) kernel for ``device_type``, compiling on first use
-    unless disabled, and falling back to eager code once if compilation fails."""
-    kernels = _kernels.get(device_type)
-    if kernels is None:
-        mode = compile_mode()
-        if mode == "off":
-            kernels = _kernels[device_type] = (_forward, _backward)
-        else:
-            candidate = (_compiled(_forward), _compiled(_backward))
-            try:
-                out = candidate[which](*args)
-            except Exception as e:  # compiler missing or broken on this machine
-                if mode == "on":
-                    raise
-                warnings.warn(
-                    f"torch.compile is unavailable here ({type(e).__name__}); the LSQ "
-                    "activation quantizer runs eagerly (slower)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                _kernels[device_type] = (_forward, _backward)
-                return (_forward, _backward)[which](*args)
-            _kernels[device_type] = candidate
-            return out
-    return kernels[which](*args)
+    """Call the forward (0) or backward (1) kernel for ``device_type``: the first call compiles
+    it unless disabled, and falls back to eager code for good if compilation fails."""
+    key = (device_type, which)
+    if key in _kernels:
+        return _kernels[key](*args)
+    mode = compile_mode()
+    if mode != "off":
+        kernel = _compiled(_EAGER[which])
+        try:
+            out = kernel(*args)
+        except Exception as e:  # compiler missing or broken on this machine
+            if mode == "on":
+                raise
+            warnings.warn(
+                f"torch.compile is unavailable here ({type(e).__name__}); the LSQ activation "
+                "quantizer runs eagerly (slower)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            for k in (0, 1):  # a broken compiler is not retried for the other kernel
+                _kernels.setdefault((device_type, k), _EAGER[k])
+            return _EAGER[which](*args)
+        _kernels[key] = kernel
+        return out
+    _kernels[key] = _EAGER[which]
+    return _EAGER[which](*args)
 
 
 class _LsqAct(torch.autograd.Function):
