@@ -22,12 +22,16 @@ _STRONG_LINK_ROWS = 20_000
 class MilpBuilder:
     """Variable layout and sparse rows of the MILP."""
 
-    def __init__(self, problem: SearchProblem, active: list, *, counts: bool = True) -> None:
+    def __init__(self, problem: SearchProblem, active: list, *, counts: bool = True,
+                 tight: bool = True) -> None:  # fmt: skip
         """``active``: the resources that enter the model (budgeted, or being ranged);
-        ``counts``: use integer option counts for layers of interchangeable groups."""
+        ``counts``: use integer option counts for layers of interchangeable groups; ``tight``:
+        add the valid rows that bound each layer's units per activation option (see
+        :meth:`unit_range`; without them the model is the plain one-hot formulation)."""
         p = problem
         self.p = p
         self.use_counts = counts
+        self.tight = tight
         nw, na = len(p.w_bits), len(p.a_bits)
         self.nw, self.na = nw, na
         self.x0 = 0
@@ -139,6 +143,16 @@ class MilpBuilder:
         """Largest number of count units of one class of layer ``key[0]``."""
         return -(-self.channels(key[0]) // key[1])
 
+    def unit_range(self, key: tuple) -> tuple[int, int]:
+        """Least and most count units a layer has over all its classes: its channels when it
+        counts channels; in tiles of q, ceil(C / q) up to one partial tile more per extra class
+        (ceil(a) + ceil(b) <= ceil(a + b) + 1)."""
+        q, n = key[1], self.channels(key[0])
+        if q == 1:
+            return n, n
+        least = -(-n // q)
+        return least, min(least + self.n_classes(key) - 1, self.n_classes(key) * self.cap(key))
+
     def channel_expr(self, name: str, options: list[int]) -> tuple[list[int], list[float]]:
         """Columns and coefficients of the channels of layer ``name`` at any of ``options``."""
         groups = self.groups_by_layer[name]
@@ -195,6 +209,16 @@ class MilpBuilder:
                 )
                 for j in range(self.na):
                     self.add([u0 + c * self.na + j, self.yi(a, j)], [1.0, -cap], -np.inf, 0.0)
+            # The layer's units at activation option j, over all classes, are its whole count
+            # when j is chosen and 0 otherwise: lo * y <= sum_c u[c, j] <= hi * y. Valid for
+            # every plan, and far tighter in the LP than the per-class caps alone (ResNet-50 on
+            # BitFusion: LP bound 4 % below the optimum with the caps only).
+            lo, hi = self.unit_range(key)
+            nc = self.n_classes(key)
+            for j in range(self.na if self.tight else 0):
+                cols = [u0 + c * self.na + j for c in range(nc)] + [self.yi(a, j)]
+                self.add(cols, [1.0] * nc + [-float(lo)], 0.0, np.inf)
+                self.add(cols, [1.0] * nc + [-float(hi)], -np.inf, 0.0)
         for key, r0 in self.r0.items():
             cols, vals = self.round_expr(key)
             # r - sum <= 1 - 1e-3, not 1 - eps: HiGHS's 1e-7 tolerances; sums of packed bits / 8

@@ -190,7 +190,8 @@ class IlpSearch(BaseSearch):
             return SearchResult(SearchStatus.INFEASIBLE, _infeasible_message(problem), stats=stats)
         active = [r for r in problem.resources if r.budget is not None]
         size = len(problem.weight_groups) * len(problem.w_bits)
-        b = MilpBuilder(problem, active, counts=self.method == "core" and size >= self.counts_above)
+        core = self.method == "core"
+        b = MilpBuilder(problem, active, counts=core and size >= self.counts_above, tight=core)
         b.structural_rows()
         c, scale = b.objective()
         extra = [(b.resource_coefficients(r), r.limit) for r in active]
