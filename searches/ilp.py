@@ -8,7 +8,11 @@ Formulation (one-hot, a multiple-choice knapsack with side constraints):
   activation (BOPs, latency) are linearised exactly with continuous ``u[l, i, j] >= 0``:
   ``sum_j u[l, i, j] = n[l, i]`` (channels of layer ``l`` at option ``i``) and
   ``u[l, i, j] <= C_l * y[a(l), j]``. Since exactly one ``y[a(l), j]`` is 1, ``u[l, i, j]`` equals
-  ``n[l, i]`` for that ``j`` and 0 otherwise.
+  ``n[l, i]`` for that ``j`` and 0 otherwise. The core method adds the valid rows
+  ``lo_l y[a(l), j] <= sum_i u[l, i, j] <= hi_l y[a(l), j]`` (``lo_l``, ``hi_l``: the least and
+  most count units the layer can have), which the per-option caps alone leave out: on ResNet-50
+  with 4/8-bit activations on BitFusion they lift the LP bound from 4 % to 0.2 % below the
+  optimum, so reduced-cost fixing leaves a far smaller core.
 * A resource may count a layer's channels in tiles of ``q`` (an accelerator's output-channel
   array width): integer ``t[l, i] = ceil(n[l, i] / q)`` (``n <= q t <= n + q - 1``) replaces ``n[l, i]`` in its costs, so a
   sub-kernel of 3 channels pays for a whole tile, as the hardware does.
@@ -196,7 +200,7 @@ class IlpSearch(BaseSearch):
         c, scale = b.objective()
         extra = [(b.resource_coefficients(r), r.limit) for r in active]
         bounds, integrality = b.bounds_and_integrality()
-        model = Model.of(c * scale, bounds, integrality, b.constraint(extra))
+        model = Model.of(c * scale, bounds, integrality, b.constraint(extra), b.cut_rows)
         build_s = time.perf_counter() - t0
         start = None if quick is None else _bound_of(b, model, ks, quick, scale)
         outcomes, solutions = self._plans(b, model, problem, t0 + self.time_limit, first, start)

@@ -18,6 +18,7 @@ from searches import (
     resource_range,
 )
 from searches._milp_model import MilpBuilder
+from searches._milp_solve import Model, lp_relaxation, solve_plain
 
 
 def _layer(name: str, cout: int, ppc: int, mpc: int, group: str, index: int) -> LayerInfo:
@@ -460,3 +461,38 @@ def test_linear_byte_reserve_matches_exact_rounding(ppcs):
         if ref.success:
             assert _close(got.objective, ref.objective, rel=1e-7)
             _assert_within_budgets(problem, got)
+
+
+def _lp_bounds_and_optimum(problem: SearchProblem):
+    """LP bounds without and with the unit-range rows, the optimum plan's x, and the model."""
+    active = [r for r in problem.resources if r.budget is not None]
+    b = MilpBuilder(problem, active, counts=False)
+    b.structural_rows()
+    c, scale = b.objective()
+    extra = [(b.resource_coefficients(r), r.limit) for r in active]
+    bounds, integrality = b.bounds_and_integrality()
+    model = Model.of(c * scale, bounds, integrality, b.constraint(extra), b.cut_rows)
+    best = solve_plain(model, 0.0, 10.0)  # HiGHS on the model without the cut rows
+    lp_cut, lp_plain = lp_relaxation(model, 10.0), lp_relaxation(model.without_cuts(), 10.0)
+    return lp_plain, lp_cut, best, model
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_unit_range_rows_hold_for_the_optimum_and_only_raise_the_lp_bound(seed):
+    """The rows ``lo y <= sum_c u[c, j] <= hi y`` are valid: the optimal plan satisfies them,
+    and the LP bound with them lies between the plain LP bound and the optimum."""
+    rng = np.random.default_rng(3000 + seed)
+    raised = 0
+    for _ in range(20):
+        problem = random_problem(rng, per_channel=bool(rng.random() < 0.5), disallow=False)
+        set_random_budgets(problem, rng)
+        lp_plain, lp_cut, best, model = _lp_bounds_and_optimum(problem)
+        if best.x is None or not model.cuts.any():  # infeasible, or no pair cost budgeted
+            continue
+        ax = model.a[model.cuts] @ best.x
+        assert np.all(ax >= model.row_lo[model.cuts] - 1e-7)
+        assert np.all(ax <= model.row_hi[model.cuts] + 1e-7)
+        tol = 1e-7 * max(1.0, abs(best.fun))
+        assert lp_plain.fun - tol <= lp_cut.fun <= best.fun + tol
+        raised += lp_cut.fun > lp_plain.fun + tol
+    assert raised > 0, "the rows should tighten some LP relaxation"
