@@ -160,16 +160,18 @@ def part_resnet20(args, work: Path, store: Store, lossless) -> None:
     base = in_memory_eval(pipeline("resnet20", (4,), work / "resnet20"))
     train = training_data(base, args.train_size)
     fp_plan = base.float_plan()
+    # the first benchmark's runs used 10,000 images and keep their keys; other sizes say theirs
+    size = "" if len(train) == 10_000 else f" {len(train) // 1000}k"
     for epochs in args.epochs:
-        finetune_row(base, fp_plan, f"resnet20 fp {epochs}ep", "fp", epochs, train, lossless,
-                     work, store)  # fmt: skip
+        finetune_row(base, fp_plan, f"resnet20 fp {epochs}ep{size}", "fp", epochs, train,
+                     lossless, work, store)  # fmt: skip
     for bits in args.mean_bits:
         budget = mean_bits_budget_mb(base, bits)
         pipe = base.variant(budget_mb=budget, out=str(work / f"resnet20_w{bits}"))
         plan = searched_plan(pipe, work / f"resnet20_w{bits}_plan.json")
         for epochs in args.epochs:
             for variant in args.variants:
-                key = f"resnet20 ~{bits}b A4 {variant} {epochs}ep"
+                key = f"resnet20 ~{bits}b A4 {variant} {epochs}ep{size}"
                 finetune_row(pipe, plan, key, variant, epochs, train, lossless, work, store)
 
 
@@ -229,9 +231,13 @@ def write_table(store: Store, header: Header, args, out_dir: Path) -> None:
     data["_invocations"] = [dict(r, command=_portable(r["command"]))
                             for r in data.get("_invocations", [])]  # fmt: skip
     runs = {k: r for k, r in data.items() if k != "throughput" and not k.startswith("_")}
-    fp = {(k.split()[0], r["epochs"]): r for k, r in runs.items() if r["variant"] == "fp"}
+
+    def same_length(k: str, r: dict) -> tuple:
+        return k.split()[0], r["epochs"], r["train_images"]
+
+    fp = {same_length(k, r): r for k, r in runs.items() if r["variant"] == "fp"}
     for key, r in runs.items():
-        ref = fp.get((key.split()[0], r["epochs"]))
+        ref = fp.get(same_length(key, r))
         gap = None if ref is None else r["jpeg_after"] - ref["jpeg_after"]
         lb = r.get("learn_bits") or {}
         moved = f"{lb['moved_down']} down / {lb['moved_up']} up" if lb else ""
