@@ -72,6 +72,9 @@ VARIANTS = {  # name -> FinetuneOptions fields
         "bits_lr": 0.5,
     },
     "ctmq": {"schedule": "ctmq"},
+    # ablations of the gradual schedule (not in the default variant list)
+    "gradual reverse order": {"schedule": "gradual", "order": "reverse"},
+    "gradual final share 0.75": {"schedule": "gradual", "final_share": 0.75},
 }
 
 
