@@ -32,7 +32,7 @@ class MilpBuilder:
         self.p = p
         self.use_counts = counts
         self.tight = tight
-        self.cut_rows: list[int] = []  # rows valid for every plan, for the LP bound only
+        self.cut_rows: list[int] = []  # valid rows that only tighten the LP (see unit_range)
         nw, na = len(p.w_bits), len(p.a_bits)
         self.nw, self.na = nw, na
         self.x0 = 0
@@ -154,6 +154,15 @@ class MilpBuilder:
         least = -(-n // q)
         return least, min(least + self.n_classes(key) - 1, self.n_classes(key) * self.cap(key))
 
+    def _unit_range_rows(self, key: tuple, u0: int, a: int) -> None:
+        lo, hi = self.unit_range(key)
+        nc = self.n_classes(key)
+        for j in range(self.na):
+            cols = [u0 + c * self.na + j for c in range(nc)] + [self.yi(a, j)]
+            self.cut_rows += [len(self.rows), len(self.rows) + 1]
+            self.add(cols, [1.0] * nc + [-float(lo)], 0.0, np.inf)
+            self.add(cols, [1.0] * nc + [-float(hi)], -np.inf, 0.0)
+
     def channel_expr(self, name: str, options: list[int]) -> tuple[list[int], list[float]]:
         """Columns and coefficients of the channels of layer ``name`` at any of ``options``."""
         groups = self.groups_by_layer[name]
@@ -217,13 +226,8 @@ class MilpBuilder:
             # MILP presolve (scipy 1.17) returned a worse plan, or "infeasible", on about 1 in
             # 700 random test problems that it solves exactly without them or without presolve:
             # ``cut_rows`` names them, and a MILP that has them runs without presolve.
-            lo, hi = self.unit_range(key)
-            nc = self.n_classes(key)
-            for j in range(self.na if self.tight else 0):
-                cols = [u0 + c * self.na + j for c in range(nc)] + [self.yi(a, j)]
-                self.cut_rows += [len(self.rows), len(self.rows) + 1]
-                self.add(cols, [1.0] * nc + [-float(lo)], 0.0, np.inf)
-                self.add(cols, [1.0] * nc + [-float(hi)], -np.inf, 0.0)
+            if self.tight:
+                self._unit_range_rows(key, u0, a)
         for key, r0 in self.r0.items():
             cols, vals = self.round_expr(key)
             # r - sum <= 1 - 1e-3, not 1 - eps: HiGHS's 1e-7 tolerances; sums of packed bits / 8

@@ -82,7 +82,7 @@ class Model:
     lb: np.ndarray
     ub: np.ndarray
     integrality: np.ndarray
-    cuts: np.ndarray | None = None  # rows valid for every plan that only the LP bound uses
+    cuts: np.ndarray | None = None  # valid rows that only tighten the LP (no presolve with them)
 
     @classmethod
     def of(cls, c, bounds: Bounds, integrality, cons: LinearConstraint, cut_rows=()) -> Model:
@@ -95,7 +95,7 @@ class Model:
         )  # fmt: skip
 
     def without_cuts(self) -> Model:
-        """The model HiGHS's branch and bound gets: the LP-only rows dropped."""
+        """The plain model (cut rows dropped): what solve_plain hands to HiGHS with presolve."""
         if self.cuts is None or not self.cuts.any():
             return self
         keep = ~self.cuts
