@@ -569,7 +569,8 @@ def write_speed(header: Header, speed: dict, out_dir: Path, name: str) -> Path:
 
 
 def _command() -> str:
-    """This run's command from the repository root, with a repository-relative interpreter."""
+    """This run's command from the repository root, with a repository-relative interpreter and
+    the kernel ISA caps it ran under (an AVX2 machine emulated on a newer CPU)."""
     exe = Path(sys.executable)
     try:
         exe_s = str(exe.relative_to(REPO))
@@ -580,7 +581,8 @@ def _command() -> str:
         script_s = str(script.relative_to(REPO))
     except ValueError:
         script_s = str(script)
-    return shlex.join([exe_s, script_s, *sys.argv[1:]])
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in ISA_ENV if k in os.environ]
+    return " ".join([*env, shlex.join([exe_s, script_s, *sys.argv[1:]])])
 
 
 def run_sens_times(args, tmp: Path) -> dict:
