@@ -349,6 +349,24 @@ class OddNet(nn.Module):
         return self.fc(torch.relu(self.tok(t)).flatten(1))
 
 
+class TwoStemNet(nn.Module):
+    """Two first layers reading the image, concatenated into one conv's input: without
+    activation terms each first layer's output starts a backward graph of its own, and the
+    backward must still reach both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 5, padding=2, bias=False)
+        self.mix = nn.Conv2d(8, 6, 3, stride=2, padding=1)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([torch.relu(self.a(x)), torch.tanh(self.b(x))], 1)
+        x = torch.relu(self.mix(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def _reference_terms(model, graph, data, w_bits, a_bits, clips, signed, batch, labels_for):
     """Per-sample weight gradients and per-consumer input gradients by one autograd call per
     sample (weights requiring grad, no per_sample_grads), and from them the sums every method
@@ -460,7 +478,11 @@ def _assert_same(got, want, what):
 def _reference_case(net: str):
     """Model, graph, data, clips and the straightforward sums of one test network (cached: the
     reference does not depend on the method)."""
-    model = tiny_net() if net == "tiny" else _odd_net()
+    if net == "stems":
+        torch.manual_seed(2)
+        model = TwoStemNet().eval()
+    else:
+        model = tiny_net() if net == "tiny" else _odd_net()
     _randomize_batchnorms(model)  # so that folding them into the convs (fisher) is tested
     data = synthetic_data(40, seed=3)
     graph = trace_model(model, torch.zeros(1, 3, 16, 16))
@@ -471,7 +493,7 @@ def _reference_case(net: str):
     return model, graph, data, clips, signed, ref
 
 
-@pytest.mark.parametrize("net", ["tiny", "odd"])
+@pytest.mark.parametrize("net", ["tiny", "odd", "stems"])
 @pytest.mark.parametrize("method", ["fisher", "empirical-fisher", "fisher-diag", "sampled-fisher"])
 @pytest.mark.parametrize("max_chunk", [32, 5])
 def test_fast_paths_equal_straightforward_per_sample_gradients(net, method, max_chunk, monkeypatch):
@@ -569,10 +591,11 @@ def test_per_sample_grads_of_a_batch_slice_equal_autograd(dtype):
 
 
 @pytest.mark.parametrize("method", ["fisher", "fisher-diag", "empirical-fisher"])
-def test_weights_only_tables_equal_the_weight_part_of_full_tables(method):
+@pytest.mark.parametrize("net", ["tiny", "stems"])
+def test_weights_only_tables_equal_the_weight_part_of_full_tables(method, net):
     """With no quantized activation option the pass forms no layer-input gradients (and not the
     model input's): weight sensitivities are unchanged, activation terms are zero."""
-    model, graph, data, clips, signed, _ref = _reference_case("tiny")
+    model, graph, data, clips, signed, _ref = _reference_case(net)
     kw = dict(method=method, batch_size=16, precision="fp32", seed=0)
     full = fisher_sensitivity(model, graph, data, W_BITS, A_BITS, clips, signed, **kw)
     only = fisher_sensitivity(model, graph, data, W_BITS, (16, 32), clips, signed, **kw)

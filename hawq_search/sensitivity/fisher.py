@@ -3,8 +3,9 @@
 For every quantizable layer the per-sample weight gradient ``G_n`` (shape ``C_out x fan_in``) is
 rebuilt from the layer input and output gradient that one ordinary backward pass provides, a
 few samples at a time (:func:`per_sample_grads`: one grouped-convolution weight gradient per
-chunk), squared and contracted while still in cache, instead of running a vmap over samples.
-Parameters do not require grad, so autograd never forms the batch weight gradient, and
+chunk), squared and contracted while still in cache, instead of running a vmap over samples. Each
+gradient is used in a tensor hook the moment backward forms it, and freed. Parameters do not
+require grad, so autograd never forms the batch weight gradient, and
 eval-mode BatchNorms run folded into their convs (:mod:`.folding`). On a 2-core
 AVX2 EPYC this costs about one FP32 training step over the same images
 (benchmarks/results/sensitivity_speed.md).
