@@ -75,6 +75,24 @@ VARIANTS = {  # name -> FinetuneOptions fields
     # ablations of the gradual schedule (not in the default variant list)
     "gradual reverse order": {"schedule": "gradual", "order": "reverse"},
     "gradual final share 0.75": {"schedule": "gradual", "final_share": 0.75},
+    # ablation of CTMQ: one pass down the ladder, so each rung gets twice the steps
+    "ctmq 1 cycle": {"schedule": "ctmq", "cycles": 1},
+    # one cosine per phase and the momentum reset (each rung or stage trained as its own run)
+    "ctmq lr per phase": {"schedule": "ctmq", "lr_schedule": "phase"},
+    "gradual lr per phase": {"schedule": "gradual", "lr_schedule": "phase"},
+    "ctmq lr per phase live BN": {
+        "schedule": "ctmq",
+        "lr_schedule": "phase",
+        "freeze_bn_epochs": 0,
+    },
+    "gradual lr per phase live BN": {
+        "schedule": "gradual",
+        "lr_schedule": "phase",
+        "freeze_bn_epochs": 0,
+    },
+    "direct live BN": {"schedule": "direct", "freeze_bn_epochs": 0},
+    "gradual live BN": {"schedule": "gradual", "freeze_bn_epochs": 0},
+    "ctmq live BN": {"schedule": "ctmq", "freeze_bn_epochs": 0},
 }
 
 
@@ -267,6 +285,14 @@ def write_table(store: Store, header: Header, args, out_dir: Path) -> None:
         "slow a run several times): the cost of a step is in the throughput section below, "
         "measured alone in one process.",
         "",
+        "Ablation rows (variants outside the default list): `ctmq 1 cycle` runs the ladder "
+        "once; `lr per phase` gives every phase (gradual stage, CTMQ rung) its own cosine from "
+        "the full learning rate and resets the momentum (`--lr-schedule phase`); `live BN` "
+        "never freezes the BatchNorm statistics (`--freeze-bn-epochs 0`; with 1 epoch they are "
+        'never frozen anyway). Rows of one plan size whose "jpeg before" differs ran on a '
+        "plan rebuilt from recomputed sensitivities: compare them only with rows of the same "
+        '"before".',
+        "",
         "Invocations that filled this table (finished fine-tunes are kept and reused):",
         "",
     ]
@@ -314,6 +340,7 @@ def main() -> None:
     ap.add_argument("--mean-bits", default="2,3", help="ResNet-20 plans (mean weight bits)")
     ap.add_argument("--train-size", type=int, default=10_000, help="ResNet-20 training subset")
     ap.add_argument("--r56-train-size", type=int, default=20_000)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another job)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--work-dir", type=Path,
@@ -326,7 +353,7 @@ def main() -> None:
     args.mean_bits = [int(b) for b in args.mean_bits.split(",")]
     args.variants = args.variants.split(",")
     warnings.simplefilter("ignore")
-    setup_torch()
+    setup_torch(args.threads)
     header = Header()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     store = Store(args.work_dir / "finetunes.json")

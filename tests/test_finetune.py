@@ -4,6 +4,7 @@ TinyNet and synthetic data (each test a few seconds)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from hawq_search.training.lsq import grad_scale, weight_grad_scale
 from hawq_search.training.options import FinetuneOptions
 from hawq_search.training.qat_model import build_qat_model, export_plan, float_state_dict
 from hawq_search.training.schedules import channel_order, make_phases
-from hawq_search.training.trainer import apply_phase
+from hawq_search.training.trainer import _optimizer, _reset_momentum, apply_phase, lr_factor
 
 
 def _plan(pipe, w=2, a=4):
@@ -371,3 +372,45 @@ def test_final_share_gives_the_planned_widths_their_share_of_the_steps(tmp_path)
     assert [p.start for p in make_phases(plan, "direct", 50, final_share=0.5)] == [0]
     with pytest.raises(Exception, match="final_share"):
         FinetuneOptions(final_share=0.0).validate()
+
+
+def test_lr_per_phase_restarts_the_cosine_at_each_phase_and_resets_the_momentum():
+    starts = [0, 10, 30]
+    assert lr_factor(0, 40, [0]) == 1.0 and lr_factor(20, 40, [0]) == pytest.approx(0.5)
+    for begin, end in ((0, 10), (10, 30), (30, 40)):
+        assert lr_factor(begin, 40, starts) == 1.0  # each phase starts at the full rate
+        mid = (begin + end) / 2
+        assert lr_factor(int(mid), 40, starts) == pytest.approx(
+            0.5 * (1 + math.cos(math.pi * (int(mid) - begin) / (end - begin)))
+        )
+        assert lr_factor(end - 1, 40, starts) < lr_factor(begin + 1, 40, starts)
+    model = torch.nn.Linear(3, 2)
+    opts = FinetuneOptions(lr_schedule="phase")
+    opt, sched = _optimizer(model, opts, 40, starts)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    assert all("momentum_buffer" in s for s in opt.state.values())
+    _reset_momentum(opt)
+    assert not any("momentum_buffer" in s for s in opt.state.values())
+    opt.step()  # the buffer starts again from the gradient
+    assert all("momentum_buffer" in s for s in opt.state.values())
+    with pytest.raises(Exception, match="lr_schedule"):
+        FinetuneOptions(lr_schedule="step").validate()
+
+
+def test_resume_is_exact_with_one_cosine_per_phase(tmp_path):
+    data = synthetic_data(64, seed=6)
+    opts = dict(epochs=3, schedule="ctmq", batch_size=16, ladder_top=4, cycles=2,
+                order="random", lr_schedule="phase")  # fmt: skip
+    full = tiny_session(tmp_path / "a", wbits=(2, 4, 8), abits=(4,))
+    finetune_job(full, _plan(full), FinetuneOptions(**opts), train_data=data)
+    part = tiny_session(tmp_path / "b", wbits=(2, 4, 8), abits=(4,))
+    with pytest.raises(_Stop):
+        finetune_job(part, _plan(part), FinetuneOptions(**opts), train_data=data,
+                     on_epoch_end=_stop_after(2))  # fmt: skip
+    part.close()
+    again = tiny_session(tmp_path / "b", wbits=(2, 4, 8), abits=(4,))
+    finetune_job(again, _plan(again), FinetuneOptions(**opts, resume=True), train_data=data)
+    a = torch.load(tmp_path / "a" / FINETUNED, weights_only=True)
+    b = torch.load(tmp_path / "b" / FINETUNED, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

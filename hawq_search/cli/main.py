@@ -270,6 +270,14 @@ def _stages(ctx, param, value: str) -> tuple[float, ...]:
     type=float,
     help="Share of the steps at the planned widths (gradual, ctmq); earlier phases split the rest.",
 )
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["run", "phase"]),
+    default="run",
+    show_default=True,
+    help="One cosine over the run, or one per phase (gradual stage, CTMQ rung) with the "
+    "momentum reset at each phase.",
+)
 @click.option("--no-kd", is_flag=True, help="Cross-entropy only, no float teacher.")
 @click.option(
     "--feature-kd",
@@ -355,7 +363,7 @@ def _finetune_options(kw: dict):
     return FinetuneOptions(
         epochs=kw.pop("epochs"), schedule=kw.pop("schedule"), order=kw.pop("order"),
         stages=kw.pop("stages"), cycles=kw.pop("cycles"), ladder_top=kw.pop("ladder_top"),
-        lr=kw.pop("lr"), momentum=kw.pop("momentum"), weight_decay=kw.pop("weight_decay"),
+        lr=kw.pop("lr"), lr_schedule=kw.pop("lr_schedule"), momentum=kw.pop("momentum"), weight_decay=kw.pop("weight_decay"),
         batch_size=kw.pop("train_batch_size"), temperature=kw.pop("temperature"),
         alpha=kw.pop("kd_alpha"), kd=not kw.pop("no_kd"), feature_kd=kw.pop("feature_kd"), final_share=kw.pop("final_share"), augment=not kw.pop("no_augment"),
         freeze_bn_epochs=kw.pop("freeze_bn_epochs"), train_size=kw.pop("train_size"),

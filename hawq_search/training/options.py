@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass
 
 from hawq_search.core.exceptions import UserInputError
 
-__all__ = ["ORDERS", "SCHEDULES", "FinetuneOptions"]
+__all__ = ["LR_SCHEDULES", "ORDERS", "SCHEDULES", "FinetuneOptions"]
 
 SCHEDULES = ("gradual", "direct", "ctmq")
 ORDERS = ("sensitivity", "reverse", "random")
+LR_SCHEDULES = ("run", "phase")
 
 
 @dataclass
@@ -28,6 +29,9 @@ class FinetuneOptions:
     final_share: float = 0.5  # steps at the planned widths (gradual, ctmq); the rest ramps
     ladder_top: int = 8
     lr: float = 0.01
+    # "run": one cosine over every step; "phase": each phase (a gradual stage, a CTMQ rung) its
+    # own cosine from ``lr`` with the momentum reset, as CTMQ trains each rung as a run of its own
+    lr_schedule: str = "run"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
@@ -75,6 +79,11 @@ class FinetuneOptions:
             raise UserInputError(
                 f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}",
                 params=("schedule",),
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserInputError(
+                f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}",
+                params=("lr_schedule",),
             )
         if self.order not in ORDERS:
             raise UserInputError(

@@ -8,11 +8,15 @@ exactly the epochs an uninterrupted one would have run.
 BatchNorm: batch statistics while the quantized weights still move (so each BN tracks the
 shifted distribution quantization causes), then eval-mode BN for the last ``freeze_bn_epochs``
 epochs, so the deployed running statistics are exactly those the final weights were trained
-against (Jacob et al. 2018); the affine parameters keep training.
+against (Jacob et al. 2018); the affine parameters keep training. Frozen statistics need the
+small learning rate the end of one cosine gives: with ``lr_schedule="phase"`` (each phase its
+own cosine) a frozen last epoch diverged (benchmarks/results/finetune.md), so that schedule
+goes with ``freeze_bn_epochs=0``.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable
@@ -34,7 +38,7 @@ from hawq_search.training.options import FinetuneOptions
 from hawq_search.training.qat_model import clamp_steps, lsq_layers, step_parameters
 from hawq_search.training.schedules import Phase
 
-__all__ = ["TrainResult", "epoch_batches", "steps_per_epoch", "train"]
+__all__ = ["TrainResult", "epoch_batches", "lr_factor", "steps_per_epoch", "train"]
 
 
 @dataclass
@@ -97,7 +101,16 @@ def apply_phase(model: nn.Module, phase: Phase) -> None:
             m.act_quant.set_bits(phase.a_bits[name])
 
 
-def _optimizer(model: nn.Module, opts: FinetuneOptions, total: int):
+def lr_factor(step: int, total: int, starts: list[int]) -> float:
+    """Cosine factor of the learning rate at ``step``: one cosine from 1 to 0 over each span
+    between consecutive ``starts`` (``[0]``: one cosine over the ``total`` steps)."""
+    k = max(0, bisect.bisect_right(starts, step) - 1)
+    begin, end = starts[k], (starts[k + 1] if k + 1 < len(starts) else total)
+    span = max(1, end - begin)
+    return 0.5 * (1 + math.cos(math.pi * min(step - begin, span) / span))
+
+
+def _optimizer(model: nn.Module, opts: FinetuneOptions, total: int, starts=(0,)):
     steps = {id(p) for p in step_parameters(model)}
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -105,10 +118,15 @@ def _optimizer(model: nn.Module, opts: FinetuneOptions, total: int):
         {"params": [p for p in params if id(p) in steps], "weight_decay": 0.0},
     ]
     opt = torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
-    )
+    starts = sorted(set(starts) | {0})
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(t, total, starts))
     return opt, sched
+
+
+def _reset_momentum(opt: torch.optim.Optimizer) -> None:
+    """Start the momentum afresh (a phase trained as a run of its own)."""
+    for state in opt.state.values():
+        state.pop("momentum_buffer", None)
 
 
 def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -131,7 +149,8 @@ def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: li
         apply = learner.apply_phase
     spe = steps_per_epoch(len(data), opts.batch_size)
     total = opts.epochs * spe
-    opt, sched = _optimizer(model, opts, total)
+    per_phase = opts.lr_schedule == "phase"
+    opt, sched = _optimizer(model, opts, total, [p.start for p in phases] if per_phase else [0])
     result, start = TrainResult(), 0
     state = load_checkpoint(checkpoint, fingerprint) if opts.resume else None
     if state is not None:
@@ -162,6 +181,8 @@ def train(model: nn.Module, teacher: nn.Module | None, data: Batches, phases: li
             for ph in phases:
                 if ph.start == step:
                     apply(model, ph)
+                    if per_phase and step > 0:
+                        _reset_momentum(opt)
             x, y = x.to(device), y.to(device)
             if opts.augment:
                 x = crop_flip(x, gen, rank=ctx.rank, world=ctx.world_size)
