@@ -200,7 +200,8 @@ def part_resnet56(args, work: Path, store: Store, lossless) -> None:
     base = in_memory_eval(pipeline("resnet56", (8,), work / "resnet56", budget_mb=0.32))
     train = training_data(base, args.r56_train_size)
     plan = searched_plan(base, work / "resnet56_0.32_plan.json")
-    for variant, p in (("fp", base.float_plan()), ("gradual (default)", plan)):
+    runs = [("fp", base.float_plan())] + [(v, plan) for v in args.r56_variants]
+    for variant, p in runs:
         key = f"resnet56 0.32MB A8 {variant} 3ep"
         finetune_row(base, p, key, variant, 3, train, lossless, work, store)
 
@@ -340,6 +341,7 @@ def main() -> None:
     ap.add_argument("--mean-bits", default="2,3", help="ResNet-20 plans (mean weight bits)")
     ap.add_argument("--train-size", type=int, default=10_000, help="ResNet-20 training subset")
     ap.add_argument("--r56-train-size", type=int, default=20_000)
+    ap.add_argument("--r56-variants", default="gradual (default)", help="ResNet-56 recipes")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another job)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8)
@@ -352,6 +354,7 @@ def main() -> None:
     args.epochs = [int(e) for e in args.epochs.split(",")]
     args.mean_bits = [int(b) for b in args.mean_bits.split(",")]
     args.variants = args.variants.split(",")
+    args.r56_variants = args.r56_variants.split(",")
     warnings.simplefilter("ignore")
     setup_torch(args.threads)
     header = Header()
