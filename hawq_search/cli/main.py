@@ -8,7 +8,7 @@ from hawq_search import __version__
 from hawq_search.cli.cost import cost as cost_group
 from hawq_search.cli.errors import run_cli
 from hawq_search.cli.options import eval_options, make_pipeline, model_options, search_options
-from hawq_search.training.options import ORDERS, SCHEDULES
+from hawq_search.training.options import LR_SCHEDULES, ORDERS, SCHEDULES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -272,7 +272,7 @@ def _stages(ctx, param, value: str) -> tuple[float, ...]:
 )
 @click.option(
     "--lr-schedule",
-    type=click.Choice(["run", "phase"]),
+    type=click.Choice(LR_SCHEDULES),
     default="run",
     show_default=True,
     help="One cosine over the run, or one per phase (gradual stage, CTMQ rung) with the "
