@@ -35,6 +35,7 @@ import torch
 from _common import (
     RESULTS,
     SHARED,
+    THREADS,
     WEIGHTS,
     Header,
     display_path,
@@ -342,7 +343,9 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=10_000, help="ResNet-20 training subset")
     ap.add_argument("--r56-train-size", type=int, default=20_000)
     ap.add_argument("--r56-variants", default="gradual (default)", help="ResNet-56 recipes")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another job)")
+    ap.add_argument(
+        "--threads", type=int, default=THREADS, help="torch threads (1 beside another job)"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--work-dir", type=Path,
