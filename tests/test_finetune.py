@@ -156,12 +156,15 @@ def _stop_after(k):
     return hook
 
 
-@pytest.mark.parametrize("schedule,lr_schedule", [("gradual", "run"), ("ctmq", "run"),
-                                                  ("ctmq", "phase")])  # fmt: skip
-def test_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path, schedule, lr_schedule):
+# the defaults (one cosine per phase, live BatchNorm) and the classic recipe (one cosine, a
+# frozen last epoch), so the BatchNorm-mode switch is resumed across too
+@pytest.mark.parametrize("schedule,lr_schedule,freeze_bn", [("gradual", "phase", 0),
+                         ("gradual", "run", 1), ("ctmq", "run", 1), ("ctmq", "phase", 0)])  # fmt: skip
+def test_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path, schedule, lr_schedule,
+                                                             freeze_bn):  # fmt: skip
     data = synthetic_data(64, seed=5)
     opts = dict(epochs=3, schedule=schedule, batch_size=16, order="random", ladder_top=4,
-                cycles=1, lr_schedule=lr_schedule)  # fmt: skip
+                cycles=1, lr_schedule=lr_schedule, freeze_bn_epochs=freeze_bn)  # fmt: skip
     full = tiny_session(tmp_path / "a", wbits=(2, 4, 8), abits=(4,))
     finetune_job(full, _plan(full), FinetuneOptions(**opts), train_data=data)
     part = tiny_session(tmp_path / "b", wbits=(2, 4, 8), abits=(4,))
@@ -396,3 +399,17 @@ def test_lr_per_phase_restarts_the_cosine_at_each_phase_and_resets_the_momentum(
     assert all("momentum_buffer" in s for s in opt.state.values())
     with pytest.raises(Exception, match="lr_schedule"):
         FinetuneOptions(lr_schedule="step").validate()
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """A recipe default changed in one place only would make ``finetune`` and the Python API
+    train differently."""
+    import click
+
+    from hawq_search.cli.main import _finetune_options, finetune
+
+    ctx = click.Context(finetune)
+    kw = {p.name: p.process_value(ctx, p.get_default(ctx)) for p in finetune.params
+          if not p.required}  # fmt: skip
+    kw.setdefault("epochs", FinetuneOptions().epochs)
+    assert _finetune_options(kw) == FinetuneOptions()

@@ -273,7 +273,7 @@ def _stages(ctx, param, value: str) -> tuple[float, ...]:
 @click.option(
     "--lr-schedule",
     type=click.Choice(LR_SCHEDULES),
-    default="run",
+    default="phase",
     show_default=True,
     help="One cosine over the run, or one per phase (gradual stage, CTMQ rung) with the "
     "momentum reset at each phase.",
@@ -289,10 +289,11 @@ def _stages(ctx, param, value: str) -> tuple[float, ...]:
 @click.option("--no-augment", is_flag=True, help="No random crop + flip.")
 @click.option(
     "--freeze-bn-epochs",
-    default=1,
+    default=0,
     show_default=True,
     type=int,
-    help="Last epochs with BatchNorm statistics frozen.",
+    help="Last epochs with BatchNorm statistics frozen (use with --lr-schedule run: frozen "
+    "statistics under a restarted cosine diverged).",
 )
 @click.option(
     "--train-size",

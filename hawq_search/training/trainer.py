@@ -5,13 +5,14 @@ Every random choice of an epoch (sample order, crops, flips) comes from a genera
 BatchNorm statistics included), optimizer, scheduler and RNG state, so a resumed run repeats
 exactly the epochs an uninterrupted one would have run.
 
-BatchNorm: batch statistics while the quantized weights still move (so each BN tracks the
-shifted distribution quantization causes), then eval-mode BN for the last ``freeze_bn_epochs``
-epochs, so the deployed running statistics are exactly those the final weights were trained
-against (Jacob et al. 2018); the affine parameters keep training. Frozen statistics need the
-small learning rate the end of one cosine gives: with ``lr_schedule="phase"`` (each phase its
-own cosine) a frozen last epoch diverged (benchmarks/results/finetune.md), so that schedule
-goes with ``freeze_bn_epochs=0``.
+BatchNorm: batch statistics throughout by default (``freeze_bn_epochs=0``), so each BN tracks
+the shifted distribution quantization causes and its running statistics follow the final
+weights. ``freeze_bn_epochs=k`` switches to eval-mode BN for the last k epochs (Jacob et al.
+2018: the deployed statistics are exactly those the final weights were trained against; the
+affine parameters keep training). Frozen statistics need the small learning rate the end of one
+cosine gives: under the default ``lr_schedule="phase"`` (each phase its own cosine) a frozen
+last epoch diverged (benchmarks/results/finetune.md), so freezing goes with
+``lr_schedule="run"``.
 """
 
 from __future__ import annotations
