@@ -88,6 +88,16 @@ VARIANTS = {  # name -> FinetuneOptions fields
     "ctmq 1 cycle": {"schedule": "ctmq", "cycles": 1},
     # the short ladder methods.md suggests for CPU runs (4, 3, 2 instead of 8 ... 2)
     "ctmq ladder from 4": {"schedule": "ctmq", "ladder_top": 4},
+    # the run-to-run spread: other seeds of the data order and augmentation
+    **{
+        f"{name} seed {seed}": {**fields, "seed": seed}
+        for name, fields in (
+            ("direct", {"schedule": "direct"}),
+            ("gradual (default)", {"schedule": "gradual"}),
+            ("ctmq", {"schedule": "ctmq"}),
+        )
+        for seed in (1, 2)
+    },
     # each of the two default changes alone
     "gradual run cosine": {"schedule": "gradual", "lr_schedule": "run"},
     "ctmq run cosine": {"schedule": "ctmq", "lr_schedule": "run"},
@@ -303,7 +313,8 @@ def write_table(store: Store, header: Header, args, out_dir: Path) -> None:
         "(`--lr-schedule run`), `frozen BN` freezes the statistics for the last epoch "
         "(`--freeze-bn-epochs 1`; a 1-epoch run never freezes them); `run cosine frozen BN` "
         "is the recipe the defaults replaced. `ctmq 1 cycle` runs the ladder once, `ladder from "
-        "4` starts it at 4 bits instead of 8 (`--ladder-top 4`), `reverse "
+        "4` starts it at 4 bits instead of 8 (`--ladder-top 4`), `seed k` reruns a recipe with "
+        "another seed of the data order and augmentation (`--seed k`), `reverse "
         "order` quantizes the most sensitive channels first, `final share 0.75` gives the "
         "planned widths 75 % of the steps instead of 50 %. The ~2-bit plan has the size of "
         "the uniform 2-bit plan and 2 is the lowest width, so it is that uniform plan and its "
