@@ -20,9 +20,9 @@ class FinetuneOptions:
     training), one cosine per phase (a single phase for ``direct``), wd 5e-4 (none on step
     sizes), batch 128, Hinton KD from the float model with T = 4 and alpha = 0.9 (the teacher
     carries most of the signal at low bits), BatchNorm statistics live throughout. The
-    per-phase cosine with live BatchNorm is what measured best for the multi-phase schedules
-    (benchmarks/results/finetune.md); ``lr_schedule="run"`` with ``freeze_bn_epochs=1`` is the
-    classic single-cosine recipe with a frozen last epoch."""
+    per-phase cosine with live BatchNorm ended the 1-epoch CTMQ collapse and lifted 2-bit
+    gradual runs, though the classic recipe (``lr_schedule="run"``, ``freeze_bn_epochs=1``)
+    scored higher at 3 bits, 3 epochs (benchmarks/results/finetune.md)."""
 
     epochs: int = 1
     schedule: str = "gradual"
