@@ -98,11 +98,7 @@ VARIANTS = {  # name -> FinetuneOptions fields
         )
         for seed in (1, 2)
     },
-    # each of the two default changes alone
-    "gradual run cosine": {"schedule": "gradual", "lr_schedule": "run"},
-    "ctmq run cosine": {"schedule": "ctmq", "lr_schedule": "run"},
-    "gradual frozen BN": {"schedule": "gradual", "freeze_bn_epochs": 1},
-    "ctmq frozen BN": {"schedule": "ctmq", "freeze_bn_epochs": 1},
+    # direct's replaced recipe (its one phase makes both cosines the same)
     "direct frozen BN": {"schedule": "direct", "freeze_bn_epochs": 1},
 }
 
@@ -309,10 +305,10 @@ def write_table(store: Store, header: Header, args, out_dir: Path) -> None:
         "Recipes: the defaults give every phase (gradual stage, CTMQ rung; `direct` has one) "
         "its own cosine from the full learning rate with the momentum reset "
         "(`--lr-schedule phase`) and keep the BatchNorm statistics live "
-        "(`--freeze-bn-epochs 0`). `run cosine` is one cosine over the whole run "
-        "(`--lr-schedule run`), `frozen BN` freezes the statistics for the last epoch "
-        "(`--freeze-bn-epochs 1`; a 1-epoch run never freezes them); `run cosine frozen BN` "
-        "is the recipe the defaults replaced. `ctmq 1 cycle` runs the ladder once, `ladder from "
+        "(`--freeze-bn-epochs 0`). `run cosine frozen BN` (and `frozen BN` for direct) is the "
+        "recipe the defaults replaced: one cosine over the whole run (`--lr-schedule run`), the "
+        "statistics frozen for the last epoch (`--freeze-bn-epochs 1`; a 1-epoch run never "
+        "freezes them). `ctmq 1 cycle` runs the ladder once, `ladder from "
         "4` starts it at 4 bits instead of 8 (`--ladder-top 4`), `seed k` reruns a recipe with "
         "another seed of the data order and augmentation (`--seed k`), `reverse "
         "order` quantizes the most sensitive channels first, `final share 0.75` gives the "
