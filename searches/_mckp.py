@@ -29,7 +29,16 @@ from scipy.optimize import linprog
 from searches._mckp_core import solve_knapsack_core
 from searches.problem import SearchProblem
 
-__all__ = ["Knapsack", "KnapsackResult", "separable_knapsack", "solve_knapsack"]
+__all__ = [
+    "Knapsack",
+    "KnapsackResult",
+    "ScaledKnapsack",
+    "kelley",
+    "multiplier_box",
+    "separable_knapsack",
+    "solve_knapsack",
+    "solve_scaled",
+]
 
 _BIG = 1e30
 _MAX_DUAL_STEPS = 300
@@ -94,7 +103,7 @@ def _add_pair(p: SearchProblem, r, layer: str, per_unit: np.ndarray, cost: np.nd
 
 
 @dataclass
-class _Scaled:
+class ScaledKnapsack:
     """The knapsack in solver units: losses less each group's least, total range 1e3; budget
     rows divided by their limits (or by their largest cost when the limit is 0 or negative)."""
 
@@ -105,7 +114,7 @@ class _Scaled:
     scale: float
 
 
-def _scaled(ks: Knapsack) -> _Scaled:
+def _scaled(ks: Knapsack) -> ScaledKnapsack:
     low = ks.loss.min(1, keepdims=True)
     loss = ks.loss - low
     spread = float(np.sum(np.where(np.isfinite(loss), loss, 0.0).max(1)))
@@ -116,13 +125,13 @@ def _scaled(ks: Knapsack) -> _Scaled:
             for b, c in zip(ks.limit, ks.cost, strict=True)
         ]
     )
-    return _Scaled(
+    return ScaledKnapsack(
         np.where(np.isfinite(loss), loss * scale, _BIG),
         ks.cost / norm[:, None, None], ks.limit / norm, float(low.sum()), scale,
     )  # fmt: skip
 
 
-def _lagrangian(s: _Scaled, lam: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def _lagrangian(s: ScaledKnapsack, lam: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """L(lam), a subgradient, and each group's choice (ties to the cheaper option)."""
     price = s.loss + np.tensordot(lam, s.cost, axes=1)
     best = price.min(1, keepdims=True)
@@ -133,17 +142,34 @@ def _lagrangian(s: _Scaled, lam: np.ndarray) -> tuple[float, np.ndarray, np.ndar
     return float(best.sum() - lam @ s.limit), used - s.limit, choice
 
 
-def _dual(s: _Scaled, gap: float) -> tuple[float, np.ndarray]:
+def _dual(s: ScaledKnapsack, gap: float) -> tuple[float, np.ndarray]:
     """Maximise L by Kelley's cutting planes in a box (few multipliers: a tiny LP per step)."""
-    k = len(s.limit)
-    steps = np.diff(np.sort(s.cost, axis=2), axis=2)
+    box = multiplier_box(s.cost)
+
+    def evaluate(lam):
+        val, sub, _ = _lagrangian(s, lam)
+        return val, sub
+
+    return kelley(evaluate, len(s.limit), box, gap)
+
+
+def multiplier_box(cost: np.ndarray) -> float:
+    """No multiplier above (loss range) / (smallest step between two options' costs) changes a
+    choice (``cost``: (k, groups, options...), rows in units of their limits)."""
+    flat = cost.reshape(cost.shape[0], cost.shape[1], -1)
+    steps = np.diff(np.sort(flat, axis=2), axis=2)
     finest = max(float(steps[steps > 1e-15].min()) if np.any(steps > 1e-15) else 1.0, 1e-12)
-    box = 2e3 / finest  # no multiplier above (loss range) / (smallest cost step) changes a choice
+    return 2e3 / finest
+
+
+def kelley(evaluate, k: int, box: float, gap: float) -> tuple[float, np.ndarray]:
+    """Maximise a concave Lagrangian ``evaluate(lam) -> (value, subgradient)`` over ``0 <= lam
+    <= box`` by Kelley's cutting planes; returns (best value, its multipliers)."""
     lam = np.zeros(k)
     cuts, rhs = [], []
     best = (-np.inf, lam)
     for _ in range(_MAX_DUAL_STEPS):
-        val, sub, _ = _lagrangian(s, lam)
+        val, sub = evaluate(lam)
         if val > best[0]:
             best = (val, lam)
         cuts.append(np.append(-sub, 1.0))  # theta - sub . lam <= val - sub . lam_t
@@ -160,7 +186,7 @@ def _dual(s: _Scaled, gap: float) -> tuple[float, np.ndarray]:
     return best
 
 
-def _greedy(s: _Scaled, choice: np.ndarray) -> np.ndarray | None:
+def _greedy(s: ScaledKnapsack, choice: np.ndarray) -> np.ndarray | None:
     """Repair a choice into the budgets (least loss per unit of excess removed), then take the
     single moves that lower the loss most while staying within them."""
     choice = choice.copy()
@@ -189,7 +215,7 @@ def _greedy(s: _Scaled, choice: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _swap(s: _Scaled, lam: np.ndarray, choice: np.ndarray, n_moves: int = 400) -> bool:
+def _swap(s: ScaledKnapsack, lam: np.ndarray, choice: np.ndarray, n_moves: int = 400) -> bool:
     """Apply the best pair of moves (two groups change option) that lowers the loss within the
     budgets, among the moves of least Lagrangian reduced cost; False if none does."""
     rows = np.arange(len(choice))
@@ -231,10 +257,22 @@ def solve_knapsack(ks: Knapsack, gap: float, core_time: float = 0.0) -> Knapsack
     knapsack core MILP when they leave the gap open; the gap is measured on the loss the search
     can remove."""
     s = _scaled(ks)
-    bound, lam = _dual(s, gap)
+    plan, value, bound, lam = solve_scaled(s, gap, core_time)
     price = s.loss + np.tensordot(lam, s.cost, axes=1)
     reduced = (price - price.min(1, keepdims=True)) / s.scale
     out = KnapsackResult(None, None, s.shift + max(bound, 0.0) / s.scale, reduced)
+    if plan is not None and value - bound <= gap * value + 1e-9:
+        out.plan, out.gap = plan, (0.0 if value - bound <= 1e-9 else (value - bound) / value)
+    return out
+
+
+def solve_scaled(s: ScaledKnapsack, gap: float, core_time: float = 0.0, cutoff: float = np.inf):
+    """The knapsack in solver units: (plan or None, its value, proven bound, multipliers).
+    ``cutoff``: stop after the bound when it reaches this value (no plan of interest is
+    cheaper); the plan is then None."""
+    bound, lam = _dual(s, gap)
+    if bound >= cutoff:
+        return None, np.inf, bound, lam
     _, _, choice = _lagrangian(s, lam)
     plan = _greedy(s, choice)
     rows = np.arange(len(choice))
@@ -246,16 +284,16 @@ def solve_knapsack(ks: Knapsack, gap: float, core_time: float = 0.0) -> Knapsack
         if plan is None:
             break
     if plan is None:
-        return out
+        return None, np.inf, bound, lam
     value = float(s.loss[rows, plan].sum())
-    if value < _BIG and value - bound > gap * value + 1e-9 and core_time > 0:
+    if value >= _BIG:
+        return None, np.inf, bound, lam
+    if value - bound > gap * value + 1e-9 and core_time > 0:
         plan, value, bound = _finish_in_core(s, lam, bound, plan, value, gap, core_time)
-    if value < _BIG and value - bound <= gap * value + 1e-9:
-        out.plan, out.gap = plan, (0.0 if value - bound <= 1e-9 else (value - bound) / value)
-    return out
+    return plan, value, bound, lam
 
 
-def _finish_in_core(s: _Scaled, lam, bound: float, plan, value: float, gap: float, t: float):
+def _finish_in_core(s: ScaledKnapsack, lam, bound: float, plan, value: float, gap: float, t: float):
     """Knapsack core MILPs (:mod:`searches._mckp_core`) of growing reduced-cost threshold: a
     small core whose best plan the threshold already proves is far faster than the core every
     plan better than the greedy one needs. Returns (plan, value, proven bound), the inputs

@@ -35,10 +35,17 @@ Solving (``method="core"``, the default; exact within ``mip_rel_gap``):
    (:mod:`searches._mckp`) prove the gap without any MILP when they meet (large models);
    otherwise small *knapsack core* MILPs over the options of small Lagrangian reduced cost
    (:mod:`searches._mckp_core`, plain binaries and one row per budget) usually prove it.
-2. Otherwise the bound (Lagrangian, or the LP relaxation when overheads, roundings or several
+2. A problem whose coupling is per activation group (several activation options, tile prices,
+   kernel overheads; no per-layer roundings) is searched over *block configurations*
+   (:mod:`searches._blocks`, :mod:`searches._blocks_solve`): a Lagrangian bound that keeps each
+   activation group integral, and one plain knapsack per configuration whose reduced cost is
+   below the incumbent's loss (ResNet-50 per channel on a T4 with A4/A8: 12 configurations,
+   0.4 s, where the LP-based core below stopped at 30 s with a 4.5e-3 gap).
+3. Otherwise the bound (Lagrangian, or the LP relaxation when overheads, roundings or several
    activation options couple groups) fixes every column whose reduced cost exceeds what a
    better plan could afford, and HiGHS solves the small core MILP left
-   (:mod:`searches._milp_solve`).
+   (:mod:`searches._milp_solve`). Steps 1 and 2 fall through to it when they cannot prove the
+   gap.
 
 ``method="highs"`` is HiGHS's branch-and-bound on the whole one-hot model, the reference the
 core method is checked and timed against. ``n_solutions=K`` returns the K best distinct plans
@@ -55,6 +62,8 @@ import numpy as np
 from scipy.optimize import milp
 
 from searches._base import BaseSearch
+from searches._blocks import block_problem
+from searches._blocks_solve import solve_blocks
 from searches._mckp import separable_knapsack, solve_knapsack
 from searches._milp_model import MilpBuilder
 from searches._milp_solve import (
@@ -182,8 +191,15 @@ class IlpSearch(BaseSearch):
         if quick is not None and quick.plan is not None:
             sol = problem.solution(quick.plan[: ks.n_weight], quick.plan[ks.n_weight :])
             first = (sol, quick.gap) if sol.within(problem) else None
+        blocks = None
+        if ks is None and self.method == "core":
+            blocks = _solve_blocks(problem, self.mip_rel_gap, 0.5 * self.time_limit)
+            first = None if blocks is None else blocks[0]
         if first is not None and self.n_solutions == 1:
-            return _knapsack_result(problem, first, time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            if blocks is not None:
+                return _block_result(first, blocks[1], elapsed)
+            return _knapsack_result(problem, first, elapsed)
         if quick is not None and quick.bound > _largest_loss(ks) * (1 + 1e-9) + 1e-300:
             # The bound exceeds every plan's loss: no plan meets the budgets.
             stats = {
@@ -207,7 +223,9 @@ class IlpSearch(BaseSearch):
         head = outcomes[0]
         stats = {
             "solver": "scipy.optimize.milp (HiGHS)",
-            "method": _method_name(self.method, start is not None, first is not None),
+            "method": _method_name(
+                self.method, start is not None, first is not None, blocks is not None
+            ),
             "build_time_s": build_s,
             "solve_time_s": time.perf_counter() - t0 - build_s,
             "mip_gap": head.gap,
@@ -263,9 +281,11 @@ class IlpSearch(BaseSearch):
         return outcomes, solutions
 
 
-def _method_name(method: str, from_knapsack: bool, first_proven: bool) -> str:
+def _method_name(method: str, from_knapsack: bool, first_proven: bool, blocks: bool) -> str:
     if method == "highs":
         return "branch-and-bound"
+    if first_proven and blocks:
+        return "block configurations, then LP bound + reduced-cost core MILP"
     if first_proven:
         return "knapsack, then Lagrangian bound + reduced-cost core MILP"
     return ("Lagrangian" if from_knapsack else "LP") + " bound + reduced-cost core MILP"
@@ -285,6 +305,37 @@ def _knapsack_result(problem: SearchProblem, first, elapsed: float) -> SearchRes
         "solution_gaps": [gap],
     }
     return SearchResult(SearchStatus.OPTIMAL, "knapsack bound", (sol,), stats)
+
+
+def _solve_blocks(problem: SearchProblem, gap: float, time_limit: float):
+    """The block search's plan when it proves the gap: ((solution, gap), info), else None."""
+    bp = block_problem(problem)
+    if bp is None:
+        return None
+    res = solve_blocks(bp, gap, time_limit)
+    res.info["objective_scale"] = bp.scale
+    if res.w is None or res.gap is None or res.gap > gap * (1 + 1e-9):
+        return None
+    sol = problem.solution(res.w, res.a)
+    return ((sol, res.gap), res.info) if sol.within(problem) else None
+
+
+def _block_result(first, info: dict, elapsed: float) -> SearchResult:
+    """The block search's plan, proven within the gap without a MILP of the whole model."""
+    sol, gap = first
+    stats = {
+        "solver": "block Lagrangian bound + knapsack per configuration (numpy, HiGHS cores)",
+        "method": "block configurations",
+        "build_time_s": 0.0,
+        "solve_time_s": elapsed,
+        "mip_gap": gap,
+        "n_configurations": info.get("configs"),
+        "objective_scale": info.get("objective_scale"),
+        "lagrangian_bound": info.get("lagrangian_bound"),
+        "n_solutions": 1,
+        "solution_gaps": [gap],
+    }
+    return SearchResult(SearchStatus.OPTIMAL, "block configurations", (sol,), stats)
 
 
 def _largest_loss(ks) -> float:
