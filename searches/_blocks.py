@@ -62,23 +62,6 @@ class BlockProblem:
     def n_weight(self) -> int:
         return len(self.loss)
 
-    def value(self, w: np.ndarray, a: np.ndarray) -> float:
-        """Loss of a plan in solver units."""
-        return float(
-            self.loss[np.arange(len(w)), w].sum() + self.act_loss[np.arange(len(a)), a].sum()
-        )
-
-    def used(self, w: np.ndarray, a: np.ndarray) -> np.ndarray:
-        """Budget usage (K,) of a plan, in solver units (computed directly, overheads included)."""
-        g = np.arange(len(w))
-        j = a[self.block_of_layer[self.layer_of]]
-        out = self.cost[:, g, w, j].sum(1) + self.act_cost[:, np.arange(len(a)), a].sum(1)
-        for layer, items in enumerate(self.overheads):
-            opts = set(w[self.layer_of == layer].tolist())
-            for cls, cost in items:
-                out += cost[:, sorted({cls[i] for i in opts})].sum(1)
-        return out
-
 
 def block_problem(problem: SearchProblem) -> BlockProblem | None:
     """The problem as blocks, or None where a budgeted cost is not separable that way."""

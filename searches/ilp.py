@@ -198,8 +198,18 @@ class IlpSearch(BaseSearch):
         if first is not None and self.n_solutions == 1:
             elapsed = time.perf_counter() - t0
             if blocks is not None:
-                return _block_result(first, blocks[1], elapsed)
-            return _knapsack_result(problem, first, elapsed)
+                info = blocks[1]
+                return _fast_result(
+                    first, elapsed, "block configurations",
+                    "block Lagrangian bound + knapsack per configuration (numpy, HiGHS cores)",
+                    n_configurations=info.get("configs"),
+                    objective_scale=info.get("objective_scale"),
+                    lagrangian_bound=info.get("lagrangian_bound"),
+                )  # fmt: skip
+            return _fast_result(
+                first, elapsed, "knapsack", "Lagrangian bound + greedy plan (numpy)",
+                n_vars=len(problem.weight_groups) * len(problem.w_bits),
+            )  # fmt: skip
         if quick is not None and quick.bound > _largest_loss(ks) * (1 + 1e-9) + 1e-300:
             # The bound exceeds every plan's loss: no plan meets the budgets.
             stats = {
@@ -291,22 +301,6 @@ def _method_name(method: str, from_knapsack: bool, first_proven: bool, blocks: b
     return ("Lagrangian" if from_knapsack else "LP") + " bound + reduced-cost core MILP"
 
 
-def _knapsack_result(problem: SearchProblem, first, elapsed: float) -> SearchResult:
-    """The knapsack fast path's plan, proven within the gap without a MILP."""
-    sol, gap = first
-    stats = {
-        "solver": "Lagrangian bound + greedy plan (numpy)",
-        "method": "knapsack",
-        "build_time_s": 0.0,
-        "solve_time_s": elapsed,
-        "mip_gap": gap,
-        "n_vars": len(problem.weight_groups) * len(problem.w_bits),
-        "n_solutions": 1,
-        "solution_gaps": [gap],
-    }
-    return SearchResult(SearchStatus.OPTIMAL, "knapsack bound", (sol,), stats)
-
-
 def _solve_blocks(problem: SearchProblem, gap: float, time_limit: float):
     """The block search's plan when it proves the gap: ((solution, gap), info), else None."""
     bp = block_problem(problem)
@@ -320,22 +314,22 @@ def _solve_blocks(problem: SearchProblem, gap: float, time_limit: float):
     return ((sol, res.gap), res.info) if sol.within(problem) else None
 
 
-def _block_result(first, info: dict, elapsed: float) -> SearchResult:
-    """The block search's plan, proven within the gap without a MILP of the whole model."""
+def _fast_result(first, elapsed: float, method: str, solver: str, **extra) -> SearchResult:
+    """A fast path's plan (knapsack or block configurations), proven within the gap without a
+    MILP of the whole model."""
     sol, gap = first
     stats = {
-        "solver": "block Lagrangian bound + knapsack per configuration (numpy, HiGHS cores)",
-        "method": "block configurations",
+        "solver": solver,
+        "method": method,
         "build_time_s": 0.0,
         "solve_time_s": elapsed,
         "mip_gap": gap,
-        "n_configurations": info.get("configs"),
-        "objective_scale": info.get("objective_scale"),
-        "lagrangian_bound": info.get("lagrangian_bound"),
+        **extra,
         "n_solutions": 1,
         "solution_gaps": [gap],
     }
-    return SearchResult(SearchStatus.OPTIMAL, "block configurations", (sol,), stats)
+    message = "knapsack bound" if method == "knapsack" else method
+    return SearchResult(SearchStatus.OPTIMAL, message, (sol,), stats)
 
 
 def _largest_loss(ks) -> float:
