@@ -62,6 +62,8 @@ def solve_blocks(bp: BlockProblem, gap: float, time_limit: float) -> BlockResult
     proven = np.inf  # least bound of the configurations solved
     window = max(gap * abs(bound), 1e-6)
     done: set[tuple] = set()
+    covered = 0.0  # every configuration of reduced cost below this was solved or pruned
+    pruned = np.inf  # least target a configuration was pruned against (its bound is above it)
     for _ in range(_MAX_WIDENINGS + 2):
         # Every configuration not enumerated costs at least bound + limit.
         limit = window if best == np.inf else best * (1 - gap * (1 - 1e-6)) - bound
@@ -75,10 +77,12 @@ def solve_blocks(bp: BlockProblem, gap: float, time_limit: float) -> BlockResult
                 continue
             target = best * (1 - gap * (1 - 1e-6))  # what a configuration must beat to matter
             if bound + delta >= target:
+                pruned = min(pruned, target)
                 break  # sorted: every later one is out too
             if time.perf_counter() > deadline or info["configs"] >= _MAX_CONFIGS:
                 info["stopped"] = "time" if time.perf_counter() > deadline else "configurations"
-                return _result(bp, best_w, best_a, best, min(proven, bound + delta), gap, info)
+                return _result(bp, best_w, best_a, best, min(proven, bound + delta, pruned),
+                               gap, info)  # fmt: skip
             done.add(key)
             info["configs"] += 1
             knap, const = _restricted(bp, a, subset)
@@ -90,12 +94,12 @@ def solve_blocks(bp: BlockProblem, gap: float, time_limit: float) -> BlockResult
             proven = min(proven, const + leaf_bound)
             if plan is not None and const + value < best:
                 best_w, best_a, best = plan, a.copy(), const + value
+        covered = limit
         if best < np.inf and limit >= best * (1 - gap) - bound:
-            # Every configuration left out costs at least bound + limit: proven.
-            return _result(bp, best_w, best_a, best, min(proven, bound + limit), gap, info)
+            break  # every configuration left out costs at least bound + limit: proven
         if best == np.inf:
             window *= 8.0
-    return _result(bp, best_w, best_a, best, min(proven, bound + limit), gap, info)
+    return _result(bp, best_w, best_a, best, min(proven, bound + covered, pruned), gap, info)
 
 
 def _result(bp, w, a, value, proven, gap, info) -> BlockResult:
