@@ -88,6 +88,7 @@ VARIANTS = {  # name -> FinetuneOptions fields
     "ctmq 1 cycle": {"schedule": "ctmq", "cycles": 1},
     # the short ladder methods.md suggests for CPU runs (4, 3, 2 instead of 8 ... 2)
     "ctmq ladder from 4": {"schedule": "ctmq", "ladder_top": 4},
+    "ctmq ladder from 4 1 cycle": {"schedule": "ctmq", "ladder_top": 4, "cycles": 1},
     # the run-to-run spread: other seeds of the data order and augmentation
     **{
         f"{name} seed {seed}": {**fields, "seed": seed}
@@ -95,6 +96,8 @@ VARIANTS = {  # name -> FinetuneOptions fields
             ("direct", {"schedule": "direct"}),
             ("gradual (default)", {"schedule": "gradual"}),
             ("ctmq", {"schedule": "ctmq"}),
+            ("ctmq ladder from 4", {"schedule": "ctmq", "ladder_top": 4}),
+            ("ctmq ladder from 4 1 cycle", {"schedule": "ctmq", "ladder_top": 4, "cycles": 1}),
         )
         for seed in (1, 2)
     },
