@@ -273,6 +273,13 @@ def resnet50_problem(work: Path, accel: str):
     return graph, problem, cm, info
 
 
+def _model_size(r: dict) -> str:
+    """Variables / binaries / rows of the MILP model, or the method that needed none."""
+    if not r.get("n_vars"):
+        return f"no MILP model ({r.get('method') or 'fast path'})"
+    return f"{r['n_vars']} / {r['n_binary']} / {r['n_constraints']}"
+
+
 def part2(work: Path) -> dict:
     out = {}
     for accel in ("nvidia_t4", "bitfusion_45nm"):
@@ -286,8 +293,10 @@ def part2(work: Path) -> dict:
         info.update(
             status=[r.status.value for r in solves], solve_s=times,
             median_solve_s=statistics.median(times), build_ilp_s=res.stats["build_time_s"],
-            mip_gap=[r.stats["mip_gap"] for r in solves], n_vars=res.stats["n_vars"],
-            n_binary=res.stats["n_binary"], n_constraints=res.stats["n_constraints"],
+            mip_gap=[r.stats["mip_gap"] for r in solves], method=res.stats.get("method"),
+            # the MILP model's size; none when a fast path proved the gap without building one
+            n_vars=res.stats.get("n_vars"), n_binary=res.stats.get("n_binary"),
+            n_constraints=res.stats.get("n_constraints"),
         )  # fmt: skip
         if res.success:
             # Exact (tile-padded, one sub-kernel per bit-width group) cost of the solved plan.
@@ -602,7 +611,7 @@ def report(res: dict, cmd: str) -> str:
                 if "exact_latency_ms" in r
                 else ""
             )
-            L.append(f"| {accel} ({r['batch']}) | {r['weight_groups']} | {r['n_vars']} / {r['n_binary']} / {r['n_constraints']} | {r['size_budget_mb']:.4g} | {r['latency_budget_ms']:.4g} | {r['energy_budget_mj']:.4g} | {r['build_problem_s']:.1f} | {r['build_ilp_s']:.1f} | {', '.join(f'{t:.2f}' for t in r['solve_s'])} | {r['median_solve_s']:.2f} | {', '.join(r['status'])} | {', '.join(f'{g:.1e}' for g in r['mip_gap'])} | {ex} |")  # fmt: skip
+            L.append(f"| {accel} ({r['batch']}) | {r['weight_groups']} | {_model_size(r)} | {r['size_budget_mb']:.4g} | {r['latency_budget_ms']:.4g} | {r['energy_budget_mj']:.4g} | {r['build_problem_s']:.1f} | {r['build_ilp_s']:.1f} | {', '.join(f'{t:.2f}' for t in r['solve_s'])} | {r['median_solve_s']:.2f} | {', '.join(r['status'])} | {', '.join(f'{g:.1e}' for g in r['mip_gap'])} | {ex} |")  # fmt: skip
         L.append("")
     p3 = res.get("part3")
     if p3:
