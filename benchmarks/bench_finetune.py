@@ -89,21 +89,23 @@ VARIANTS = {  # name -> FinetuneOptions fields
     # the short ladder methods.md suggests for CPU runs (4, 3, 2 instead of 8 ... 2)
     "ctmq ladder from 4": {"schedule": "ctmq", "ladder_top": 4},
     "ctmq ladder from 4 1 cycle": {"schedule": "ctmq", "ladder_top": 4, "cycles": 1},
-    # the run-to-run spread: other seeds of the data order and augmentation
-    **{
-        f"{name} seed {seed}": {**fields, "seed": seed}
-        for name, fields in (
-            ("direct", {"schedule": "direct"}),
-            ("gradual (default)", {"schedule": "gradual"}),
-            ("ctmq", {"schedule": "ctmq"}),
-            ("ctmq ladder from 4", {"schedule": "ctmq", "ladder_top": 4}),
-            ("ctmq ladder from 4 1 cycle", {"schedule": "ctmq", "ladder_top": 4, "cycles": 1}),
-        )
-        for seed in (1, 2)
-    },
     # direct's replaced recipe (its one phase makes both cosines the same)
     "direct frozen BN": {"schedule": "direct", "freeze_bn_epochs": 1},
 }
+# the run-to-run spread: these recipes again with other seeds of the data order and augmentation
+VARIANTS.update(
+    {
+        f"{name} seed {seed}": {**VARIANTS[name], "seed": seed}
+        for name in (
+            "direct",
+            "gradual (default)",
+            "ctmq",
+            "ctmq ladder from 4",
+            "ctmq ladder from 4 1 cycle",
+        )  # fmt: skip
+        for seed in (1, 2)
+    }
+)
 
 
 class Store:
